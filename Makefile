@@ -1,0 +1,47 @@
+# scanoutd — run `make demo` to watch the built-in demo, `make test` to run every test.
+SHELL := /bin/bash
+CARGO ?= cargo
+# The system Python carries the spice-gtk GObject bindings; another python3 may come first.
+PYTHON ?= /usr/bin/python3
+LISTEN ?= 127.0.0.1:5900
+METRICS ?= 127.0.0.1:9100
+DEMO_ARGS ?=
+
+.PHONY: all deps build release demo test test-rust test-e2e lint bench clean
+
+all: build
+
+# Install every system package (idempotent; needs root or sudo).
+deps:
+	@scripts/install-deps
+
+build:
+	$(CARGO) build --workspace
+
+release:
+	$(CARGO) build --release -p scanoutd
+
+# Serve the animated demo; watch it with: remote-viewer spice://$(LISTEN)
+demo: deps release
+	@echo "scanoutd demo: connect with   remote-viewer spice://$(LISTEN)   (metrics: http://$(METRICS)/metrics)"
+	target/release/scanoutd serve --source demo --listen $(LISTEN) --metrics $(METRICS) --disable-ticketing $(DEMO_ARGS)
+
+test: deps test-rust test-e2e
+
+test-rust:
+	$(CARGO) test --workspace
+
+# End-to-end tests with the real spice-gtk client library and remote-viewer.
+test-e2e: build
+	SCANOUTD_BIN=$(CURDIR)/target/debug/scanoutd $(PYTHON) -m pytest -v -rs tests/e2e
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Benchmarks with the real client (release build).
+bench: deps release
+	SCANOUTD_BIN=$(CURDIR)/target/release/scanoutd PYTHON=$(PYTHON) bench/run.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,109 @@
+//! CPU-side frames and cursor shapes.
+
+use crate::Rect;
+
+/// Every CPU frame is 32-bit BGRx: bytes B, G, R, X in memory (little-endian `0xXXRRGGBB`),
+/// which is SPICE's 32BIT bitmap format and most guests' scanout format.
+pub const BYTES_PER_PIXEL: usize = 4;
+
+/// One complete picture of a display, BGRx, rows top to bottom.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub width: u32,
+    pub height: u32,
+    /// Bytes per row, at least `width * 4`.
+    pub stride: usize,
+    pub data: Vec<u8>,
+    /// Capture time, Unix milliseconds.
+    pub capture_ms: u64,
+    /// Sequence number from the source, increasing by one per produced frame.
+    pub seq: u64,
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("stride", &self.stride)
+            .field("capture_ms", &self.capture_ms)
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Frame {
+    /// A black frame with a tight stride.
+    pub fn new(width: u32, height: u32) -> Self {
+        let stride = width as usize * BYTES_PER_PIXEL;
+        Frame {
+            width,
+            height,
+            stride,
+            data: vec![0; stride * height as usize],
+            capture_ms: 0,
+            seq: 0,
+        }
+    }
+
+    pub fn bounds(&self) -> Rect {
+        Rect::new(0, 0, self.width, self.height)
+    }
+
+    /// The pixel at (x, y) as `0x00RRGGBB`. Panics on out-of-range coordinates, like indexing.
+    pub fn pixel(&self, x: u32, y: u32) -> u32 {
+        let o = y as usize * self.stride + x as usize * BYTES_PER_PIXEL;
+        u32::from_le_bytes([self.data[o], self.data[o + 1], self.data[o + 2], 0])
+    }
+
+    /// Copy the pixels of `rect` (clamped to the frame) out as tightly packed BGRx rows.
+    /// Returns the clamped rectangle with its pixels; `None` when nothing is left.
+    pub fn extract(&self, rect: Rect) -> Option<(Rect, Vec<u8>)> {
+        let r = rect.clamp_to(self.width, self.height)?;
+        let row = r.w as usize * BYTES_PER_PIXEL;
+        let mut out = Vec::with_capacity(row * r.h as usize);
+        for y in r.y..r.bottom() {
+            let start = y as usize * self.stride + r.x as usize * BYTES_PER_PIXEL;
+            out.extend_from_slice(&self.data[start..start + row]);
+        }
+        Some((r, out))
+    }
+}
+
+/// A pointer image: `width * height` pixels of BGRA (little-endian `0xAARRGGBB`), top-down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorShape {
+    pub width: u16,
+    pub height: u16,
+    pub hot_x: u16,
+    pub hot_y: u16,
+    pub pixels: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extract_clamps_and_packs_rows() {
+        let mut f = Frame::new(4, 3);
+        for y in 0..3u32 {
+            for x in 0..4u32 {
+                let o = y as usize * f.stride + x as usize * 4;
+                f.data[o] = (y * 4 + x) as u8;
+            }
+        }
+        let (r, px) = f.extract(Rect::new(2, 1, 10, 10)).unwrap();
+        assert_eq!(r, Rect::new(2, 1, 2, 2));
+        let blues: Vec<u8> = px.chunks(4).map(|p| p[0]).collect();
+        assert_eq!(blues, vec![6, 7, 10, 11]);
+        assert!(f.extract(Rect::new(4, 0, 1, 1)).is_none());
+    }
+
+    #[test]
+    fn pixel_reads_bgrx() {
+        let mut f = Frame::new(1, 1);
+        f.data.copy_from_slice(&[0x33, 0x22, 0x11, 0xff]);
+        assert_eq!(f.pixel(0, 0), 0x112233);
+    }
+}

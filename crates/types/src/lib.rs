@@ -1,0 +1,11 @@
+//! Plain data types shared by every scanoutd crate: frames, damage rectangles, cursor shapes
+//! and input events. No I/O, no clocks, no allocation beyond what the values themselves own.
+#![forbid(unsafe_code)]
+
+mod damage;
+mod frame;
+mod input;
+
+pub use damage::{Damage, Rect, MAX_DAMAGE_RECTS};
+pub use frame::{CursorShape, Frame, BYTES_PER_PIXEL};
+pub use input::{InputEvent, InputSink, MouseButton, NullInputSink};

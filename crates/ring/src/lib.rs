@@ -244,7 +244,10 @@ mod tests {
         bus.publish(frame(100, 100, 1), &Damage::full(100, 100));
         let _ = sub.try_next().unwrap();
         for i in 0..50u32 {
-            bus.publish(frame(100, 100, 2 + i as u64), &damage(Rect::new(i, 0, 1, 1)));
+            bus.publish(
+                frame(100, 100, 2 + i as u64),
+                &damage(Rect::new(i, 0, 1, 1)),
+            );
         }
         let u = sub.try_next().unwrap();
         assert_eq!(u.frame.seq, 51, "newest frame wins");
@@ -252,7 +255,11 @@ mod tests {
         assert!(!u.resized);
         // Every published damage rectangle is still covered.
         for i in 0..50u32 {
-            assert!(u.damage.rects().iter().any(|r| r.contains(&Rect::new(i, 0, 1, 1))));
+            assert!(u
+                .damage
+                .rects()
+                .iter()
+                .any(|r| r.contains(&Rect::new(i, 0, 1, 1))));
         }
         assert!(u.damage.len() <= scanoutd_types::MAX_DAMAGE_RECTS);
     }
@@ -296,7 +303,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(u.frame.seq, 7);
-        let end = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap();
         assert!(end.is_none());
         t.await.unwrap();
     }
@@ -310,7 +319,10 @@ mod tests {
         let b2 = bus.clone();
         let producer = std::thread::spawn(move || {
             for i in 0..1000u32 {
-                b2.publish(frame(1000, 10, 1 + i as u64), &damage(Rect::new(i, 0, 1, 1)));
+                b2.publish(
+                    frame(1000, 10, 1 + i as u64),
+                    &damage(Rect::new(i, 0, 1, 1)),
+                );
             }
         });
         let mut seen = vec![false; 1000];
@@ -332,6 +344,9 @@ mod tests {
         }
         producer.join().unwrap();
         assert_eq!(last_seq, 1000);
-        assert!(seen.iter().all(|s| *s), "a damaged column was never reported");
+        assert!(
+            seen.iter().all(|s| *s),
+            "a damaged column was never reported"
+        );
     }
 }

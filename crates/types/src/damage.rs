@@ -113,7 +113,9 @@ impl Damage {
     }
 
     pub fn bounding_box(&self) -> Rect {
-        self.rects.iter().fold(Rect::default(), |acc, r| acc.union(r))
+        self.rects
+            .iter()
+            .fold(Rect::default(), |acc, r| acc.union(r))
     }
 
     pub fn clear(&mut self) {
@@ -201,8 +203,15 @@ mod tests {
         let b = Rect::new(5, 5, 10, 10);
         assert_eq!(a.intersect(&b), Some(Rect::new(5, 5, 5, 5)));
         assert_eq!(a.union(&b), Rect::new(0, 0, 15, 15));
-        assert_eq!(a.intersect(&Rect::new(10, 0, 5, 5)), None, "edges are exclusive");
-        assert_eq!(Rect::new(90, 90, 20, 20).clamp_to(100, 100), Some(Rect::new(90, 90, 10, 10)));
+        assert_eq!(
+            a.intersect(&Rect::new(10, 0, 5, 5)),
+            None,
+            "edges are exclusive"
+        );
+        assert_eq!(
+            Rect::new(90, 90, 20, 20).clamp_to(100, 100),
+            Some(Rect::new(90, 90, 10, 10))
+        );
         assert_eq!(Rect::new(100, 0, 5, 5).clamp_to(100, 100), None);
     }
 
@@ -238,7 +247,10 @@ mod tests {
             assert!(d.len() <= MAX_DAMAGE_RECTS);
         }
         for r in added {
-            assert!(covers(&d, r.x, r.y) && covers(&d, r.x + 2, r.y + 2), "{r:?} lost");
+            assert!(
+                covers(&d, r.x, r.y) && covers(&d, r.x + 2, r.y + 2),
+                "{r:?} lost"
+            );
         }
     }
 

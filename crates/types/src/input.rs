@@ -33,14 +33,27 @@ impl MouseButton {
 /// SPICE and QEMU's qnum codes start from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputEvent {
-    Key { scancode: u16, pressed: bool },
+    Key {
+        scancode: u16,
+        pressed: bool,
+    },
     /// Lock-key state from the client: bit 0 scroll, bit 1 num, bit 2 caps.
     KeyModifiers(u16),
     /// Absolute pointer position in surface pixels of display `display`.
-    MouseMove { x: u32, y: u32, display: u8 },
+    MouseMove {
+        x: u32,
+        y: u32,
+        display: u8,
+    },
     /// Relative motion (server mouse mode).
-    MouseMotion { dx: i32, dy: i32 },
-    Button { button: MouseButton, pressed: bool },
+    MouseMotion {
+        dx: i32,
+        dy: i32,
+    },
+    Button {
+        button: MouseButton,
+        pressed: bool,
+    },
 }
 
 /// Where decoded input goes. Implementations must not block: they are called from the network

@@ -1,0 +1,231 @@
+//! `scanoutd`: serve a display to SPICE clients.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use scanoutd_demo::Scene;
+use scanoutd_ring::FrameBus;
+use spice_server::{Compression, Metrics, ServerConfig, SpiceServer, Ticketing};
+use tokio::net::TcpListener;
+
+mod http;
+mod source;
+
+/// Stream a virtual machine's display to SPICE clients (remote-viewer, spice-gtk).
+///
+/// With no VM attached, `scanoutd serve` shows a built-in animated demo. Connect with
+/// `remote-viewer spice://127.0.0.1:5900`.
+#[derive(Parser, Debug)]
+#[command(name = "scanoutd", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides this.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve a display source to SPICE clients until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SourceKind {
+    /// The built-in animated demo scene (no VM needed).
+    Demo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SceneArg {
+    /// Moving shapes over a static desktop, and a timestamp strip that changes every frame.
+    Motion,
+    /// Nothing changes after the first frame (measures what an idle desktop costs).
+    Still,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CompressionArg {
+    /// LZ4 for clients that support it, raw bitmaps otherwise.
+    Auto,
+    /// Raw bitmaps only.
+    Off,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address and port to accept SPICE clients on.
+    #[arg(long, default_value = "127.0.0.1:5900", value_name = "HOST:PORT")]
+    listen: SocketAddr,
+    /// Where the picture comes from.
+    #[arg(long, value_enum, default_value_t = SourceKind::Demo)]
+    source: SourceKind,
+    /// Demo scene.
+    #[arg(long, value_enum, default_value_t = SceneArg::Motion)]
+    scene: SceneArg,
+    /// Demo display size, WIDTHxHEIGHT (even numbers, at least 640x480).
+    #[arg(long, default_value = "1280x720", value_parser = parse_size, value_name = "WxH")]
+    size: (u32, u32),
+    /// Demo frames per second (1-240).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=240))]
+    fps: u32,
+    /// Read the client password from this file (first line; at most 60 bytes).
+    #[arg(long, value_name = "FILE", conflicts_with = "disable_ticketing")]
+    password_file: Option<PathBuf>,
+    /// Accept clients without a password. Only sensible on a trusted network or loopback.
+    /// Without this, a password is required: --password-file or SCANOUTD_PASSWORD.
+    #[arg(long)]
+    disable_ticketing: bool,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (and the current frame at
+    /// /snapshot.ppm).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<SocketAddr>,
+    /// Most clients connected at once.
+    #[arg(long, default_value_t = 16)]
+    max_clients: usize,
+    /// Disconnect a client that reads nothing for this many seconds.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    stall_timeout: u64,
+    /// Image compression for display updates.
+    #[arg(long, value_enum, default_value_t = CompressionArg::Auto)]
+    compression: CompressionArg,
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("expected WIDTHxHEIGHT, got {s:?}"))?;
+    let w: u32 = w.trim().parse().map_err(|e| format!("width {w:?}: {e}"))?;
+    let h: u32 = h.trim().parse().map_err(|e| format!("height {h:?}: {e}"))?;
+    Ok((w, h))
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn ticketing(args: &ServeArgs) -> Result<Ticketing> {
+    if args.disable_ticketing {
+        if !args.listen.ip().is_loopback() {
+            tracing::warn!(
+                "ticketing is disabled and {} is not a loopback address: anyone who can reach it can watch and control the display",
+                args.listen
+            );
+        }
+        return Ok(Ticketing::Disabled);
+    }
+    let pw = if let Some(f) = &args.password_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the password file {}", f.display()))?;
+        text.lines().next().unwrap_or("").to_string()
+    } else if let Ok(pw) = std::env::var("SCANOUTD_PASSWORD") {
+        pw
+    } else {
+        bail!(
+            "no password set: pass --password-file FILE, set SCANOUTD_PASSWORD, or pass --disable-ticketing to accept clients without one"
+        );
+    };
+    Ticketing::password(pw).context("the client password")
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let ticketing = ticketing(&args)?;
+    let (width, height) = args.size;
+    let scene = match args.scene {
+        SceneArg::Motion => Scene::Motion,
+        SceneArg::Still => Scene::Still,
+    };
+    let bus = FrameBus::new();
+    let demo = source::DemoRunner::start(width, height, scene, args.fps, bus.clone())
+        .context("starting the demo source")?;
+
+    let cfg = ServerConfig {
+        ticketing,
+        max_clients: args.max_clients.max(1),
+        stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+        compression: match args.compression {
+            CompressionArg::Auto => Compression::Auto,
+            CompressionArg::Off => Compression::Off,
+        },
+        ..ServerConfig::default()
+    };
+    let metrics = Metrics::new();
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let server = SpiceServer::new(cfg, bus.clone(), demo.input_sink(), Arc::clone(&metrics));
+
+    let http = match args.metrics {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for metrics on {addr}"))?;
+            tracing::info!("metrics at http://{}/metrics", l.local_addr()?);
+            Some(tokio::spawn(http::serve(
+                l,
+                Arc::clone(&metrics),
+                bus.clone(),
+            )))
+        }
+        None => None,
+    };
+
+    tracing::info!(
+        "serving the {:?} demo ({width}x{height} at {} fps) on spice://{}",
+        args.scene,
+        args.fps,
+        listener.local_addr()?
+    );
+    let srv = Arc::clone(&server);
+    let mut accept = tokio::spawn(async move { srv.serve(listener).await });
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r.context("waiting for SIGINT")?; tracing::info!("SIGINT: shutting down"); }
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        r = &mut accept => {
+            r.context("the accept loop")??;
+            bail!("the accept loop ended unexpectedly");
+        }
+    }
+    server.shutdown();
+    demo.stop();
+    bus.close();
+    if !server.wait_closed(Duration::from_secs(3)).await {
+        tracing::warn!("some connections did not close within 3 s");
+    }
+    if let Some(h) = http {
+        h.abort();
+    }
+    tracing::info!("bye");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("scanoutd")
+        .build()
+        .context("starting the tokio runtime")?;
+    match cli.command {
+        Command::Serve(args) => rt.block_on(serve(args)),
+    }
+}

@@ -1,0 +1,88 @@
+//! Runs the demo renderer on its own thread at a fixed frame rate and publishes its frames.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use scanoutd_demo::{DemoConfig, DemoSource, Scene};
+use scanoutd_ring::FrameBus;
+use scanoutd_types::{Frame, InputSink};
+
+pub struct DemoRunner {
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    input: Arc<dyn InputSink>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl DemoRunner {
+    pub fn start(width: u32, height: u32, scene: Scene, fps: u32, bus: FrameBus) -> Result<Self> {
+        let mut demo = DemoSource::new(DemoConfig {
+            width,
+            height,
+            scene,
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("invalid demo settings")?;
+        let input = demo.input_sink();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let period = Duration::from_secs_f64(1.0 / f64::from(fps.max(1)));
+        let thread = std::thread::Builder::new()
+            .name("demo-source".into())
+            .spawn(move || {
+                let start = Instant::now();
+                let mut frame = Arc::new(Frame::new(width, height));
+                let mut next = start;
+                while !stop2.load(Ordering::Relaxed) {
+                    let t_ms = start.elapsed().as_millis() as u64;
+                    // Copy-on-write: clones the previous picture only while the bus (or a
+                    // client still encoding it) holds a reference.
+                    let damage = demo.render(Arc::make_mut(&mut frame), t_ms, unix_ms());
+                    if !damage.is_empty() {
+                        bus.publish(Arc::clone(&frame), &damage);
+                    }
+                    next += period;
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    } else if now - next > period {
+                        // Fell behind (a loaded machine): skip rather than burst.
+                        next = now;
+                    }
+                }
+            })
+            .context("spawning the demo thread")?;
+        Ok(DemoRunner {
+            stop,
+            thread: Mutex::new(Some(thread)),
+            input,
+        })
+    }
+
+    pub fn input_sink(&self) -> Arc<dyn InputSink> {
+        Arc::clone(&self.input)
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for DemoRunner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

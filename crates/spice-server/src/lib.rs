@@ -1,0 +1,237 @@
+//! The SPICE server: a tokio driver of the sans-io `spice-proto` crate.
+//!
+//! One [`SpiceServer`] serves one display (a [`FrameBus`]) to any number of clients. Each
+//! accepted TCP connection is one SPICE channel and runs as its own task: the link stage
+//! (RSA ticket auth), then the channel's message loop. The main channel owns a *session*;
+//! the display, inputs and cursor channels join it by session id and end with it.
+//!
+//! Backpressure: a display channel takes updates from its own [`scanoutd_ring::Subscriber`],
+//! which coalesces damage while the previous update is still being written, so a slow client
+//! receives fewer, newer updates and nothing queues. A client that stops reading entirely is
+//! disconnected after [`ServerConfig::stall_timeout`]. Client messages larger than
+//! [`ServerConfig::max_client_message`] end the connection.
+#![forbid(unsafe_code)]
+
+mod auth;
+mod channels;
+mod conn;
+mod link;
+mod metrics;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU16;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use scanoutd_ring::FrameBus;
+use scanoutd_types::InputSink;
+use spice_proto::LinkError;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::{Ticketing, MAX_PASSWORD_LEN};
+pub use metrics::{ClientStats, Metrics};
+
+/// Errors of the server and of single connections.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed message: {0}")]
+    Protocol(#[from] spice_proto::Error),
+    #[error("link refused ({code:?}): {reason}")]
+    Link { code: LinkError, reason: String },
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("the client stopped reading: a write made no progress for {0:?}")]
+    Stalled(Duration),
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("crypto failure: {0}")]
+    Crypto(String),
+}
+
+/// How display updates are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// LZ4 for clients that can decode it, raw bitmaps otherwise; a client's
+    /// PREFERRED_COMPRESSION of "off" is honoured.
+    #[default]
+    Auto,
+    /// Never compress (raw 32-bit bitmaps).
+    Off,
+}
+
+/// Everything the server can be told. Defaults are what `scanoutd serve` uses.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub ticketing: Ticketing,
+    /// Most concurrent sessions (clients); further main-channel links are refused.
+    pub max_clients: usize,
+    /// Most concurrent TCP connections in any state (each client uses about four).
+    pub max_connections: usize,
+    /// The whole link stage (header, link message, ticket) must finish within this.
+    pub link_timeout: Duration,
+    /// A client whose socket accepts no bytes for this long is disconnected.
+    pub stall_timeout: Duration,
+    /// Largest client message body accepted; larger ones end the connection.
+    pub max_client_message: usize,
+    pub compression: Compression,
+    /// How far the client's multimedia clock is set behind the server's (the SPICE "D"):
+    /// frames are due `mm_time_margin_ms` after capture.
+    pub mm_time_margin_ms: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            ticketing: Ticketing::Disabled,
+            max_clients: 16,
+            max_connections: 128,
+            link_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(30),
+            max_client_message: 64 * 1024,
+            compression: Compression::Auto,
+            mm_time_margin_ms: 20,
+        }
+    }
+}
+
+/// A connected client: the main channel's session and what its other channels share.
+pub(crate) struct Session {
+    pub id: u32,
+    pub cancel: CancellationToken,
+    pub stats: Arc<ClientStats>,
+    /// 1 = server (relative), 2 = client (absolute).
+    pub mouse_mode: AtomicU16,
+}
+
+pub(crate) use spice_proto::consts::{MOUSE_MODE_CLIENT, MOUSE_MODE_SERVER};
+
+/// The server. Create with [`SpiceServer::new`] inside a tokio runtime, then [`serve`].
+///
+/// [`serve`]: SpiceServer::serve
+pub struct SpiceServer {
+    pub(crate) cfg: ServerConfig,
+    pub(crate) bus: FrameBus,
+    pub(crate) input: Arc<dyn InputSink>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) keys: Arc<auth::KeyPool>,
+    pub(crate) sessions: Mutex<HashMap<u32, Arc<Session>>>,
+    pub(crate) shutdown: CancellationToken,
+    tracker: TaskTracker,
+    started: Instant,
+}
+
+impl SpiceServer {
+    pub fn new(
+        cfg: ServerConfig,
+        bus: FrameBus,
+        input: Arc<dyn InputSink>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(SpiceServer {
+            cfg,
+            bus,
+            input,
+            metrics,
+            keys: auth::KeyPool::start(4),
+            sessions: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The server's multimedia clock: milliseconds since it started, wrapping at 2^32.
+    pub fn mm_time(&self) -> u32 {
+        self.started.elapsed().as_millis() as u32
+    }
+
+    /// Accept connections on `listener` until [`SpiceServer::shutdown`] is called.
+    pub async fn serve(self: &Arc<Self>, listener: TcpListener) -> Result<(), ServerError> {
+        let limit = Arc::new(Semaphore::new(self.cfg.max_connections.max(1)));
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of fds and similar: log, back off a little, keep serving.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                tracing::warn!(%peer, "refusing connection: {} connections already open", self.cfg.max_connections);
+                continue; // dropping the stream closes it
+            };
+            let this = Arc::clone(self);
+            self.tracker.spawn(async move {
+                this.handle_connection(stream, peer).await;
+                drop(permit);
+            });
+        }
+        Ok(())
+    }
+
+    /// Stop accepting and close every connection.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// After [`SpiceServer::shutdown`]: wait up to `timeout` for every connection task to end.
+    pub async fn wait_closed(&self, timeout: Duration) -> bool {
+        self.tracker.close();
+        tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+
+    async fn handle_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::warn!(%peer, "cannot set TCP_NODELAY: {e}");
+        }
+        let linked = match tokio::time::timeout(
+            self.cfg.link_timeout,
+            link::accept(&self, stream, peer),
+        )
+        .await
+        {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                self.metrics.link_failure();
+                match &e {
+                    ServerError::Auth(_) => tracing::warn!(%peer, "{e}"),
+                    _ => tracing::info!(%peer, "link failed: {e}"),
+                }
+                return;
+            }
+            Err(_) => {
+                self.metrics.link_failure();
+                tracing::info!(%peer, "link failed: not completed within {:?}", self.cfg.link_timeout);
+                return;
+            }
+        };
+        channels::run(&self, linked).await;
+    }
+
+    pub(crate) fn session(&self, id: u32) -> Option<Arc<Session>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+}

@@ -1,0 +1,214 @@
+//! Counters the server keeps, rendered as Prometheus text by whoever serves `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use spice_proto::ChannelType;
+
+/// The channels the server speaks, in metric label order.
+const CHANNELS: [(ChannelType, &str); 4] = [
+    (ChannelType::Main, "main"),
+    (ChannelType::Display, "display"),
+    (ChannelType::Inputs, "inputs"),
+    (ChannelType::Cursor, "cursor"),
+];
+
+fn channel_index(ch: ChannelType) -> Option<usize> {
+    CHANNELS.iter().position(|(c, _)| *c == ch)
+}
+
+/// Per-client display counters. Shared between the client's display task and the metrics.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// Display updates sent (one per batch of damage taken from the frame bus).
+    pub updates_sent: AtomicU64,
+    /// Frames merged into a later update because the client was still busy with an earlier one.
+    pub coalesced_updates: AtomicU64,
+    pub bytes_sent: AtomicU64,
+}
+
+/// Server-wide counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    bytes_sent: [AtomicU64; 4],
+    bytes_received: [AtomicU64; 4],
+    connected_clients: AtomicI64,
+    link_failures: AtomicU64,
+    auth_failures: AtomicU64,
+    protocol_errors: AtomicU64,
+    stalled_disconnects: AtomicU64,
+    clients: Mutex<BTreeMap<u32, Arc<ClientStats>>>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn add_sent(&self, ch: ChannelType, n: usize) {
+        if let Some(i) = channel_index(ch) {
+            self.bytes_sent[i].fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    pub fn add_received(&self, ch: ChannelType, n: usize) {
+        if let Some(i) = channel_index(ch) {
+            self.bytes_received[i].fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    pub fn bytes_sent(&self, ch: ChannelType) -> u64 {
+        channel_index(ch).map_or(0, |i| self.bytes_sent[i].load(Relaxed))
+    }
+
+    pub fn connected_clients(&self) -> i64 {
+        self.connected_clients.load(Relaxed)
+    }
+
+    pub fn link_failure(&self) {
+        self.link_failures.fetch_add(1, Relaxed);
+    }
+
+    pub fn auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Relaxed);
+    }
+
+    pub fn auth_failures(&self) -> u64 {
+        self.auth_failures.load(Relaxed)
+    }
+
+    pub fn protocol_error(&self) {
+        self.protocol_errors.fetch_add(1, Relaxed);
+    }
+
+    pub fn protocol_errors(&self) -> u64 {
+        self.protocol_errors.load(Relaxed)
+    }
+
+    pub fn stalled_disconnect(&self) {
+        self.stalled_disconnects.fetch_add(1, Relaxed);
+    }
+
+    pub fn stalled_disconnects(&self) -> u64 {
+        self.stalled_disconnects.load(Relaxed)
+    }
+
+    /// A client (session) connected; its stats live until [`Metrics::client_gone`].
+    pub fn client_connected(&self, session: u32) -> Arc<ClientStats> {
+        self.connected_clients.fetch_add(1, Relaxed);
+        let stats = Arc::new(ClientStats::default());
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(session, Arc::clone(&stats));
+        stats
+    }
+
+    pub fn client_gone(&self, session: u32) {
+        self.connected_clients.fetch_sub(1, Relaxed);
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&session);
+    }
+
+    pub fn client(&self, session: u32) -> Option<Arc<ClientStats>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&session)
+            .cloned()
+    }
+
+    /// Append the Prometheus text exposition of every counter.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP scanoutd_bytes_sent_total Bytes written to clients, by SPICE channel."
+        );
+        let _ = writeln!(out, "# TYPE scanoutd_bytes_sent_total counter");
+        for (i, (_, name)) in CHANNELS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "scanoutd_bytes_sent_total{{channel=\"{name}\"}} {}",
+                self.bytes_sent[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP scanoutd_bytes_received_total Bytes read from clients, by SPICE channel."
+        );
+        let _ = writeln!(out, "# TYPE scanoutd_bytes_received_total counter");
+        for (i, (_, name)) in CHANNELS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "scanoutd_bytes_received_total{{channel=\"{name}\"}} {}",
+                self.bytes_received[i].load(Relaxed)
+            );
+        }
+        let gauges = [(
+            "scanoutd_connected_clients",
+            "gauge",
+            "Connected SPICE clients (sessions).",
+            self.connected_clients.load(Relaxed),
+        )];
+        for (name, ty, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}\n{name} {v}");
+        }
+        let counters = [
+            (
+                "scanoutd_link_failures_total",
+                "Connections dropped during the SPICE link stage.",
+                &self.link_failures,
+            ),
+            (
+                "scanoutd_auth_failures_total",
+                "Links refused for a wrong ticket.",
+                &self.auth_failures,
+            ),
+            (
+                "scanoutd_protocol_errors_total",
+                "Connections dropped for malformed client messages.",
+                &self.protocol_errors,
+            ),
+            (
+                "scanoutd_stalled_disconnects_total",
+                "Clients disconnected because they stopped reading.",
+                &self.stalled_disconnects,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let per_client: [(&str, &str, fn(&ClientStats) -> u64); 3] = [
+            (
+                "scanoutd_client_updates_sent_total",
+                "Display updates sent to a client.",
+                |s| s.updates_sent.load(Relaxed),
+            ),
+            (
+                "scanoutd_client_coalesced_updates_total",
+                "Frames merged into later updates because a client was busy.",
+                |s| s.coalesced_updates.load(Relaxed),
+            ),
+            (
+                "scanoutd_client_display_bytes_total",
+                "Display-channel bytes sent to a client.",
+                |s| s.bytes_sent.load(Relaxed),
+            ),
+        ];
+        for (name, help, get) in per_client {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (id, s) in clients.iter() {
+                let _ = writeln!(out, "{name}{{client=\"{id}\"}} {}", get(s));
+            }
+        }
+    }
+}

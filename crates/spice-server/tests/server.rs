@@ -1,0 +1,585 @@
+//! Integration tests: the real server on 127.0.0.1, driven by the in-tree test client and by
+//! raw sockets sending bad input.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use scanoutd_ring::FrameBus;
+use scanoutd_testkit::{default_display_caps, Channel, ClientError, TestClient};
+use scanoutd_types::{Damage, Frame, InputEvent, InputSink, MouseButton, Rect};
+use spice_proto::{ChannelType, ClientMsg, LinkError, ServerMsg};
+use spice_server::{Metrics, ServerConfig, SpiceServer, Ticketing};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const T: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<InputEvent>>);
+
+impl InputSink for Recorder {
+    fn input(&self, event: InputEvent) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+impl Recorder {
+    fn events(&self) -> Vec<InputEvent> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+struct Harness {
+    addr: SocketAddr,
+    server: Arc<SpiceServer>,
+    bus: FrameBus,
+    input: Arc<Recorder>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.server.shutdown();
+    }
+}
+
+async fn start(cfg: ServerConfig) -> Harness {
+    let bus = FrameBus::new();
+    let input = Arc::new(Recorder::default());
+    let metrics = Metrics::new();
+    let server = SpiceServer::new(cfg, bus.clone(), input.clone(), metrics.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s = server.clone();
+    tokio::spawn(async move { s.serve(listener).await });
+    Harness {
+        addr,
+        server,
+        bus,
+        input,
+        metrics,
+    }
+}
+
+/// A frame whose every pixel depends on (x, y, seq); `noise` makes it incompressible.
+fn pattern(w: u32, h: u32, seq: u64, noise: bool) -> Frame {
+    let mut f = Frame::new(w, h);
+    f.seq = seq;
+    let mut s = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for y in 0..h {
+        for x in 0..w {
+            let o = (y * w + x) as usize * 4;
+            let v = if noise {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s as u32
+            } else {
+                (x * 3 + y * 7 + seq as u32 * 11) | ((x / 16 + y / 16) << 16)
+            };
+            f.data[o..o + 3].copy_from_slice(&v.to_le_bytes()[..3]);
+        }
+    }
+    f
+}
+
+fn assert_surface_eq(client: &TestClient, frame: &Frame) {
+    let s = &client.surface;
+    assert_eq!((s.width, s.height), (frame.width, frame.height));
+    for y in 0..frame.height {
+        for x in 0..frame.width {
+            assert_eq!(s.pixel(x, y), frame.pixel(x, y), "pixel ({x},{y}) differs");
+        }
+    }
+}
+
+fn surface_matches(s: &scanoutd_testkit::Surface, frame: &Frame) -> bool {
+    s.width == frame.width
+        && s.height == frame.height
+        && (0..frame.height).all(|y| (0..frame.width).all(|x| s.pixel(x, y) == frame.pixel(x, y)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_frame_is_pixel_exact_with_lz4_and_raw() {
+    let h = start(ServerConfig::default()).await;
+    let frame = pattern(320, 200, 1, false);
+    h.bus
+        .publish(Arc::new(frame.clone()), &Damage::full(320, 200));
+
+    let mut lz4 = TestClient::connect(h.addr, "").await.unwrap();
+    lz4.wait_ready(T).await.unwrap();
+    assert_surface_eq(&lz4, &frame);
+
+    let mut caps = default_display_caps();
+    caps = spice_proto::Caps::from_words(caps.words().iter().map(|w| w & !(1 << 5)).collect());
+    let mut raw = TestClient::connect_with_caps(h.addr, "", caps)
+        .await
+        .unwrap();
+    raw.wait_ready(T).await.unwrap();
+    assert_surface_eq(&raw, &frame);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_updates_reach_the_client() {
+    let h = start(ServerConfig::default()).await;
+    let mut frame = pattern(256, 128, 1, false);
+    h.bus
+        .publish(Arc::new(frame.clone()), &Damage::full(256, 128));
+    let mut c = TestClient::connect(h.addr, "").await.unwrap();
+    c.wait_ready(T).await.unwrap();
+    let draws_before = c.surface.draws;
+
+    // Change one rectangle only.
+    let r = Rect::new(30, 40, 50, 20);
+    for y in r.y..r.bottom() {
+        for x in r.x..r.right() {
+            let o = (y * 256 + x) as usize * 4;
+            frame.data[o..o + 3].copy_from_slice(&[0x10, 0x20, 0x30]);
+        }
+    }
+    let mut d = Damage::new();
+    d.add(r);
+    h.bus.publish(Arc::new(frame.clone()), &d);
+    let want = frame.clone();
+    c.pump_until(T, |s| surface_matches(s, &want))
+        .await
+        .unwrap();
+    assert!(c.surface.draws > draws_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_refused_right_one_accepted() {
+    let h = start(ServerConfig {
+        ticketing: Ticketing::password("secret").unwrap(),
+        ..ServerConfig::default()
+    })
+    .await;
+    h.bus
+        .publish(Arc::new(pattern(64, 64, 1, false)), &Damage::full(64, 64));
+
+    let err = TestClient::connect(h.addr, "wrong")
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(err, ClientError::Refused(Some(LinkError::PermissionDenied))),
+        "{err}"
+    );
+    let err = TestClient::connect(h.addr, "")
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(
+        err,
+        ClientError::Refused(Some(LinkError::PermissionDenied))
+    ));
+    assert_eq!(h.metrics.auth_failures(), 2);
+
+    let mut ok = TestClient::connect(h.addr, "secret").await.unwrap();
+    ok.wait_ready(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_clients_all_receive_frames() {
+    let h = start(ServerConfig::default()).await;
+    h.bus
+        .publish(Arc::new(pattern(128, 96, 1, false)), &Damage::full(128, 96));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut c = TestClient::connect(h.addr, "").await.unwrap();
+        c.wait_ready(T).await.unwrap();
+        clients.push(c);
+    }
+    assert_eq!(h.metrics.connected_clients(), 4);
+    let last = pattern(128, 96, 9, false);
+    h.bus
+        .publish(Arc::new(last.clone()), &Damage::full(128, 96));
+    for c in &mut clients {
+        let want = last.clone();
+        c.pump_until(T, |s| surface_matches(s, &want))
+            .await
+            .unwrap();
+    }
+    drop(clients);
+    // Sessions end when their main channel closes.
+    for _ in 0..100 {
+        if h.metrics.connected_clients() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.metrics.connected_clients(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_reaches_the_source_and_motion_is_acked() {
+    let h = start(ServerConfig::default()).await;
+    h.bus
+        .publish(Arc::new(pattern(64, 64, 1, false)), &Damage::full(64, 64));
+    let mut c = TestClient::connect(h.addr, "").await.unwrap();
+    c.input(&ClientMsg::KeyDown(0x1E)).await.unwrap();
+    c.input(&ClientMsg::KeyUp(0x9E)).await.unwrap();
+    // Right arrow as one KEY_SCANCODE message: E0 4D E0 CD.
+    c.input(&ClientMsg::KeyScancode(vec![0xE0, 0x4D, 0xE0, 0xCD]))
+        .await
+        .unwrap();
+    // Right Ctrl as KEY_DOWN with the extended bytes in a u32: E0 1D.
+    c.input(&ClientMsg::KeyDown(u32::from_le_bytes([0xE0, 0x1D, 0, 0])))
+        .await
+        .unwrap();
+    for i in 0..8 {
+        c.input(&ClientMsg::MousePosition {
+            x: 10 + i,
+            y: 20,
+            buttons: 0,
+            display_id: 0,
+        })
+        .await
+        .unwrap();
+    }
+    c.input(&ClientMsg::MousePress {
+        button: 1,
+        buttons: 1,
+    })
+    .await
+    .unwrap();
+    c.input(&ClientMsg::MouseRelease {
+        button: 1,
+        buttons: 0,
+    })
+    .await
+    .unwrap();
+    c.input(&ClientMsg::KeyModifiers(2)).await.unwrap();
+
+    let inputs = c.inputs.as_mut().unwrap();
+    for _ in 0..2 {
+        inputs
+            .recv_until(T, |m| matches!(m, ServerMsg::MouseMotionAck))
+            .await
+            .expect("one MOUSE_MOTION_ACK per 4 positions");
+    }
+    for _ in 0..200 {
+        if h.input.events().len() >= 16 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ev = h.input.events();
+    use InputEvent::*;
+    let keys: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Key { scancode, pressed } => Some((*scancode, *pressed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            (0x1E, true),
+            (0x1E, false),
+            (0x14D, true),
+            (0x14D, false),
+            (0x11D, true)
+        ]
+    );
+    assert!(ev.contains(&MouseMove {
+        x: 17,
+        y: 20,
+        display: 0
+    }));
+    assert!(ev.contains(&Button {
+        button: MouseButton::Left,
+        pressed: true
+    }));
+    assert!(ev.contains(&Button {
+        button: MouseButton::Left,
+        pressed: false
+    }));
+    assert!(ev.contains(&KeyModifiers(2)));
+}
+
+/// Read whatever the server sends until it closes; returns the bytes. Fails if it stays open.
+async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(T, s.read_to_end(&mut out)).await;
+    assert!(r.is_ok(), "the server kept a bad connection open");
+    out
+}
+
+/// The LinkReply error word of an error reply (16-byte header, then the u32).
+fn reply_error(bytes: &[u8]) -> Option<u32> {
+    bytes
+        .get(16..20)
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+}
+
+async fn still_serves(h: &Harness) {
+    let mut c = TestClient::connect(h.addr, "")
+        .await
+        .expect("server still accepts clients");
+    c.wait_ready(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_links_get_clear_errors_and_do_not_hurt_others() {
+    let h = start(ServerConfig {
+        link_timeout: Duration::from_millis(500),
+        ..ServerConfig::default()
+    })
+    .await;
+    h.bus
+        .publish(Arc::new(pattern(64, 64, 1, false)), &Damage::full(64, 64));
+    let mut watcher = TestClient::connect(h.addr, "").await.unwrap();
+    watcher.wait_ready(T).await.unwrap();
+
+    // Bad magic.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        reply_error(&read_to_close(&mut s).await),
+        Some(LinkError::InvalidMagic as u32)
+    );
+
+    // Wrong major version.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let mut hdr = b"REDQ".to_vec();
+    hdr.extend_from_slice(&3u32.to_le_bytes());
+    hdr.extend_from_slice(&2u32.to_le_bytes());
+    hdr.extend_from_slice(&26u32.to_le_bytes());
+    s.write_all(&hdr).await.unwrap();
+    assert_eq!(
+        reply_error(&read_to_close(&mut s).await),
+        Some(LinkError::VersionMismatch as u32)
+    );
+
+    // Oversized link message.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let mut hdr = b"REDQ".to_vec();
+    for v in [2u32, 2, 1_000_000] {
+        hdr.extend_from_slice(&v.to_le_bytes());
+    }
+    s.write_all(&hdr).await.unwrap();
+    assert_eq!(
+        reply_error(&read_to_close(&mut s).await),
+        Some(LinkError::InvalidData as u32)
+    );
+
+    // Capability counts that run past the end of the message.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let mut m = b"REDQ".to_vec();
+    for v in [2u32, 2, 18] {
+        m.extend_from_slice(&v.to_le_bytes());
+    }
+    m.extend_from_slice(&0u32.to_le_bytes());
+    m.extend_from_slice(&[1, 0]);
+    for v in [1000u32, 0, 18] {
+        m.extend_from_slice(&v.to_le_bytes());
+    }
+    s.write_all(&m).await.unwrap();
+    assert_eq!(
+        reply_error(&read_to_close(&mut s).await),
+        Some(LinkError::InvalidData as u32)
+    );
+
+    // Truncated link message, then silence: dropped at the link timeout.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(&m[..20]).await.unwrap();
+    read_to_close(&mut s).await;
+
+    // Random bytes.
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    for _ in 0..20 {
+        let mut junk = Vec::new();
+        for _ in 0..200 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            junk.push(x as u8);
+        }
+        let mut s = TcpStream::connect(h.addr).await.unwrap();
+        let _ = s.write_all(&junk).await;
+        read_to_close(&mut s).await;
+    }
+
+    // A channel for a session that does not exist.
+    let err = Channel::link(
+        h.addr,
+        ChannelType::Display,
+        0xdead_beef,
+        "",
+        default_display_caps(),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        matches!(err, ClientError::Refused(Some(LinkError::BadConnectionId))),
+        "{err}"
+    );
+
+    assert!(
+        h.metrics.connected_clients() == 1,
+        "only the watcher is connected"
+    );
+    still_serves(&h).await;
+    // The watcher's session is unaffected: a new frame still reaches it.
+    let f = pattern(64, 64, 2, false);
+    h.bus.publish(Arc::new(f.clone()), &Damage::full(64, 64));
+    watcher
+        .pump_until(T, |s| surface_matches(s, &f))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_drop_only_that_client() {
+    let h = start(ServerConfig::default()).await;
+    h.bus
+        .publish(Arc::new(pattern(64, 64, 1, false)), &Damage::full(64, 64));
+    let mut watcher = TestClient::connect(h.addr, "").await.unwrap();
+    watcher.wait_ready(T).await.unwrap();
+
+    // Unknown message types are tolerated.
+    let mut c = TestClient::connect(h.addr, "").await.unwrap();
+    let mut raw = Vec::new();
+    spice_proto::encode_header(999, 3, &mut raw);
+    raw.extend_from_slice(&[1, 2, 3]);
+    c.inputs
+        .as_mut()
+        .unwrap()
+        .stream
+        .write_all(&raw)
+        .await
+        .unwrap();
+    c.input(&ClientMsg::KeyDown(0x10)).await.unwrap();
+    for _ in 0..200 {
+        if h.input.events().contains(&InputEvent::Key {
+            scancode: 0x10,
+            pressed: true,
+        }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(h.input.events().contains(&InputEvent::Key {
+        scancode: 0x10,
+        pressed: true
+    }));
+
+    // A known message with a body too short for it.
+    let mut raw = Vec::new();
+    spice_proto::encode_header(101, 2, &mut raw); // KEY_DOWN needs 4 bytes
+    raw.extend_from_slice(&[1, 2]);
+    let inputs = c.inputs.as_mut().unwrap();
+    inputs.stream.write_all(&raw).await.unwrap();
+    read_to_close(&mut inputs.stream).await;
+
+    // A length far past any sane message, on the main channel: the session ends.
+    let mut raw = Vec::new();
+    spice_proto::encode_header(104, 500_000_000, &mut raw);
+    c.main.stream.write_all(&raw).await.unwrap();
+    read_to_close(&mut c.main.stream).await;
+    read_to_close(&mut c.display.stream).await;
+    assert!(h.metrics.protocol_errors() >= 2);
+
+    let f = pattern(64, 64, 3, false);
+    h.bus.publish(Arc::new(f.clone()), &Damage::full(64, 64));
+    watcher
+        .pump_until(T, |s| surface_matches(s, &f))
+        .await
+        .unwrap();
+    still_serves(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_coalesced_then_dropped() {
+    let h = start(ServerConfig {
+        stall_timeout: Duration::from_millis(1500),
+        ..ServerConfig::default()
+    })
+    .await;
+    let (w, hgt) = (512, 512);
+    h.bus
+        .publish(Arc::new(pattern(w, hgt, 0, true)), &Damage::full(w, hgt));
+    let mut watcher = TestClient::connect(h.addr, "").await.unwrap();
+    watcher.wait_ready(T).await.unwrap();
+
+    // The stalled client links everything, then never reads its display channel again.
+    let stalled = TestClient::connect(h.addr, "").await.unwrap();
+    let sid = stalled.session_id;
+
+    // Publish incompressible full frames (1 MiB each) far faster than anyone could read them
+    // through a stalled socket, while the watcher keeps up.
+    let mut last = None;
+    for seq in 1..=60u64 {
+        let f = Arc::new(pattern(w, hgt, seq, true));
+        h.bus.publish(f.clone(), &Damage::full(w, hgt));
+        last = Some(f);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last = last.unwrap();
+    watcher
+        .pump_until(T, |s| surface_matches(s, &last))
+        .await
+        .unwrap();
+
+    // The stalled client got coalesced updates, then was disconnected; the watcher was not.
+    let mut dropped = false;
+    for _ in 0..300 {
+        if h.metrics.stalled_disconnects() >= 1 {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(dropped, "the stalled client was never disconnected");
+    // Its session is gone once the stalled display channel closed and main follows.
+    drop(stalled);
+    for _ in 0..200 {
+        if h.metrics.client(sid).is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(h.metrics.client(sid).is_none());
+    let f = pattern(w, hgt, 99, true);
+    h.bus.publish(Arc::new(f.clone()), &Damage::full(w, hgt));
+    watcher
+        .pump_until(T, |s| surface_matches(s, &f))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_gets_fewer_newer_updates() {
+    let h = start(ServerConfig::default()).await;
+    let (w, hgt) = (400, 300);
+    h.bus
+        .publish(Arc::new(pattern(w, hgt, 0, true)), &Damage::full(w, hgt));
+    let mut c = TestClient::connect(h.addr, "").await.unwrap();
+    c.wait_ready(T).await.unwrap();
+    let stats = h.metrics.client(c.session_id).unwrap();
+    // 100 frames published while the client does not read; then it catches up.
+    for seq in 1..=100u64 {
+        h.bus
+            .publish(Arc::new(pattern(w, hgt, seq, true)), &Damage::full(w, hgt));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let last = pattern(w, hgt, 100, true);
+    c.pump_until(T, |s| surface_matches(s, &last))
+        .await
+        .unwrap();
+    let sent = stats
+        .updates_sent
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let coalesced = stats
+        .coalesced_updates
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(coalesced > 0, "nothing was coalesced ({sent} updates sent)");
+    assert!(sent + coalesced >= 100);
+    assert!(sent < 100, "every frame was sent separately");
+}

@@ -1,0 +1,352 @@
+//! A small SPICE client for tests. It speaks the link stage (with a real RSA-OAEP ticket),
+//! decodes every server message with `spice-proto`, and keeps a local copy of the primary
+//! surface by applying DRAW_COPY updates, so a test can compare pixels with the source.
+//!
+//! Every wait is bounded by a timeout: a test never hangs on a silent server.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use rsa::pkcs8::DecodePublicKey;
+use rsa::{Oaep, RsaPublicKey};
+use spice_proto::{
+    decode_frame, decode_image_bgrx, decode_link_reply, decode_link_result, Caps, ChannelType,
+    ClientMsg, LinkError, LinkMess, ServerMsg,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Protocol(#[from] spice_proto::Error),
+    #[error("the server refused the link: {0:?}")]
+    Refused(Option<LinkError>),
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("bad public key: {0}")]
+    Key(String),
+}
+
+/// One linked channel.
+pub struct Channel {
+    pub stream: TcpStream,
+    pub kind: ChannelType,
+    rbuf: BytesMut,
+    /// The server's capabilities from its link reply.
+    pub server_common_caps: Caps,
+    pub server_channel_caps: Caps,
+}
+
+/// The display capabilities spice-gtk 0.42 sends (0x6FBF) minus GL_SCANOUT.
+pub fn default_display_caps() -> Caps {
+    let mut c = Caps::default();
+    for bit in [0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 13, 14] {
+        c.set(bit);
+    }
+    c
+}
+
+/// Common caps spice-gtk sends: AUTH_SELECTION and MINI_HEADER (no SASL).
+pub fn default_common_caps() -> Caps {
+    let mut c = Caps::default();
+    c.set(spice_proto::consts::COMMON_CAP_PROTOCOL_AUTH_SELECTION);
+    c.set(spice_proto::consts::COMMON_CAP_MINI_HEADER);
+    c
+}
+
+impl Channel {
+    /// Connect and link one channel. `password` is sent as the ticket ("" for none).
+    pub async fn link(
+        addr: SocketAddr,
+        kind: ChannelType,
+        connection_id: u32,
+        password: &str,
+        channel_caps: Caps,
+    ) -> Result<Channel, ClientError> {
+        let mut stream = timeout(Duration::from_secs(10), TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::Timeout("connect".into()))??;
+        stream.set_nodelay(true)?;
+        let mess = LinkMess {
+            connection_id,
+            channel_type: kind as u8,
+            channel_id: 0,
+            common_caps: default_common_caps(),
+            channel_caps,
+        };
+        stream.write_all(&mess.encode_with_header()).await?;
+        let mut rbuf = BytesMut::new();
+        let reply = loop {
+            if let Some((n, reply)) = decode_link_reply(&rbuf)? {
+                rbuf.advance(n);
+                break reply;
+            }
+            read_some(&mut stream, &mut rbuf, "link reply").await?;
+        };
+        if reply.error != 0 {
+            return Err(ClientError::Refused(LinkError::from_u32(reply.error)));
+        }
+        let key = RsaPublicKey::from_public_key_der(&reply.pub_key)
+            .map_err(|e| ClientError::Key(e.to_string()))?;
+        let mut plain = password.as_bytes().to_vec();
+        plain.push(0);
+        let ct = key
+            .encrypt(&mut rand::thread_rng(), Oaep::new::<sha1::Sha1>(), &plain)
+            .map_err(|e| ClientError::Key(e.to_string()))?;
+        let ticket: [u8; 128] = ct
+            .try_into()
+            .map_err(|_| ClientError::Key("ticket is not 128 bytes".into()))?;
+        stream
+            .write_all(&spice_proto::auth_bytes(&reply.common_caps, &ticket))
+            .await?;
+        let result = loop {
+            if let Some(r) = decode_link_result(&rbuf) {
+                rbuf.advance(4);
+                break r;
+            }
+            read_some(&mut stream, &mut rbuf, "link result").await?;
+        };
+        if result != 0 {
+            return Err(ClientError::Refused(LinkError::from_u32(result)));
+        }
+        Ok(Channel {
+            stream,
+            kind,
+            rbuf,
+            server_common_caps: reply.common_caps,
+            server_channel_caps: reply.channel_caps,
+        })
+    }
+
+    pub async fn send(&mut self, msg: &ClientMsg) -> Result<(), ClientError> {
+        let mut out = Vec::new();
+        msg.encode(&mut out);
+        self.stream.write_all(&out).await?;
+        Ok(())
+    }
+
+    /// The next server message, waiting at most `wait`.
+    pub async fn recv(&mut self, wait: Duration) -> Result<ServerMsg, ClientError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some((ty, start, total)) = decode_frame(&self.rbuf, 512 * 1024 * 1024)? {
+                let msg = ServerMsg::decode(self.kind, ty, &self.rbuf[start..total]);
+                self.rbuf.advance(total);
+                return Ok(msg?);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match timeout(left, self.stream.read_buf(&mut self.rbuf)).await {
+                Err(_) => return Err(ClientError::Timeout(format!("a {:?} message", self.kind))),
+                Ok(Ok(0)) => return Err(ClientError::Closed),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Receive until `pred` accepts a message; returns it.
+    pub async fn recv_until(
+        &mut self,
+        wait: Duration,
+        mut pred: impl FnMut(&ServerMsg) -> bool,
+    ) -> Result<ServerMsg, ClientError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let m = self.recv(left).await?;
+            if pred(&m) {
+                return Ok(m);
+            }
+        }
+    }
+}
+
+async fn read_some(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    what: &str,
+) -> Result<(), ClientError> {
+    match timeout(Duration::from_secs(10), stream.read_buf(buf)).await {
+        Err(_) => Err(ClientError::Timeout(what.into())),
+        Ok(Ok(0)) => Err(ClientError::Closed),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+    }
+}
+
+/// The client's copy of the primary surface (BGRx, tight rows).
+#[derive(Debug, Clone, Default)]
+pub struct Surface {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+    /// A MONITORS_CONFIG and a MARK arrived after the surface was created (what the stock
+    /// widget needs before it shows anything).
+    pub monitors_config: bool,
+    pub marked: bool,
+    pub draws: u64,
+}
+
+impl Surface {
+    /// Apply one display message. Errors on a draw the stock client would reject.
+    pub fn apply(&mut self, msg: &ServerMsg) -> Result<(), ClientError> {
+        match msg {
+            ServerMsg::SurfaceCreate { width, height, .. } => {
+                *self = Surface {
+                    width: *width,
+                    height: *height,
+                    pixels: vec![0; *width as usize * *height as usize * 4],
+                    ..Surface::default()
+                };
+            }
+            ServerMsg::MonitorsConfig { .. } => self.monitors_config = true,
+            ServerMsg::Mark => self.marked = true,
+            ServerMsg::DrawCopy(dc) => {
+                let img = decode_image_bgrx(&dc.image)?;
+                let (iw, _ih) = (dc.image.width as usize, dc.image.height as usize);
+                let b = &dc.bbox;
+                if b.left < 0
+                    || b.top < 0
+                    || b.right as u32 > self.width
+                    || b.bottom as u32 > self.height
+                {
+                    return Err(ClientError::Protocol(spice_proto::Error::InvalidData(
+                        "draw outside the surface",
+                    )));
+                }
+                let (x0, y0) = (b.left as usize, b.top as usize);
+                let w = (b.right - b.left) as usize;
+                let h = (b.bottom - b.top) as usize;
+                let (sx, sy) = (dc.src_area.left as usize, dc.src_area.top as usize);
+                for row in 0..h {
+                    let src = ((sy + row) * iw + sx) * 4;
+                    let dst = ((y0 + row) * self.width as usize + x0) * 4;
+                    let (Some(s), Some(_)) =
+                        (img.get(src..src + w * 4), self.pixels.get(dst..dst + w * 4))
+                    else {
+                        return Err(ClientError::Protocol(spice_proto::Error::InvalidData(
+                            "image smaller than its draw",
+                        )));
+                    };
+                    self.pixels[dst..dst + w * 4].copy_from_slice(s);
+                }
+                self.draws += 1;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// RGB of pixel (x, y) as 0xRRGGBB.
+    pub fn pixel(&self, x: u32, y: u32) -> u32 {
+        let o = (y as usize * self.width as usize + x as usize) * 4;
+        u32::from_le_bytes([self.pixels[o], self.pixels[o + 1], self.pixels[o + 2], 0])
+    }
+}
+
+/// A whole client: main channel plus display (and optionally inputs) channels.
+pub struct TestClient {
+    pub session_id: u32,
+    pub main: Channel,
+    pub display: Channel,
+    pub inputs: Option<Channel>,
+    pub surface: Surface,
+}
+
+impl TestClient {
+    /// Link main, wait for INIT, attach, then link the display and inputs channels.
+    pub async fn connect(addr: SocketAddr, password: &str) -> Result<TestClient, ClientError> {
+        Self::connect_with_caps(addr, password, default_display_caps()).await
+    }
+
+    pub async fn connect_with_caps(
+        addr: SocketAddr,
+        password: &str,
+        display_caps: Caps,
+    ) -> Result<TestClient, ClientError> {
+        let mut main = Channel::link(addr, ChannelType::Main, 0, password, Caps::default()).await?;
+        let init = main
+            .recv_until(Duration::from_secs(10), |m| {
+                matches!(m, ServerMsg::MainInit(_))
+            })
+            .await?;
+        let ServerMsg::MainInit(init) = init else {
+            unreachable!()
+        };
+        main.send(&ClientMsg::MainAttachChannels).await?;
+        main.recv_until(Duration::from_secs(10), |m| {
+            matches!(m, ServerMsg::ChannelsList(_))
+        })
+        .await?;
+        let display = Channel::link(
+            addr,
+            ChannelType::Display,
+            init.session_id,
+            password,
+            display_caps,
+        )
+        .await?;
+        let mut inputs = Channel::link(
+            addr,
+            ChannelType::Inputs,
+            init.session_id,
+            password,
+            Caps::default(),
+        )
+        .await?;
+        inputs
+            .recv_until(Duration::from_secs(10), |m| {
+                matches!(m, ServerMsg::InputsInit(_))
+            })
+            .await?;
+        Ok(TestClient {
+            session_id: init.session_id,
+            main,
+            display,
+            inputs: Some(inputs),
+            surface: Surface::default(),
+        })
+    }
+
+    /// Apply display messages until `pred(surface)` holds; errors after `wait`.
+    pub async fn pump_until(
+        &mut self,
+        wait: Duration,
+        mut pred: impl FnMut(&Surface) -> bool,
+    ) -> Result<(), ClientError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if pred(&self.surface) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout("the surface condition".into()));
+            }
+            let m = self.display.recv(left).await?;
+            self.surface.apply(&m)?;
+        }
+    }
+
+    /// Wait for the primary surface to be created, drawn, configured and marked.
+    pub async fn wait_ready(&mut self, wait: Duration) -> Result<(), ClientError> {
+        self.pump_until(wait, |s| s.width > 0 && s.marked && s.monitors_config)
+            .await
+    }
+
+    /// Send an input-channel message.
+    pub async fn input(&mut self, msg: &ClientMsg) -> Result<(), ClientError> {
+        match &mut self.inputs {
+            Some(ch) => ch.send(msg).await,
+            None => Err(ClientError::Closed),
+        }
+    }
+}

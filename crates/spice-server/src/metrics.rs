@@ -19,6 +19,9 @@ fn channel_index(ch: ChannelType) -> Option<usize> {
     CHANNELS.iter().position(|(c, _)| *c == ch)
 }
 
+/// Reads one counter of a [`ClientStats`].
+type StatGetter = fn(&ClientStats) -> u64;
+
 /// Per-client display counters. Shared between the client's display task and the metrics.
 #[derive(Debug, Default)]
 pub struct ClientStats {
@@ -187,7 +190,7 @@ impl Metrics {
             );
         }
         let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let per_client: [(&str, &str, fn(&ClientStats) -> u64); 3] = [
+        let per_client: [(&str, &str, StatGetter); 3] = [
             (
                 "scanoutd_client_updates_sent_total",
                 "Display updates sent to a client.",

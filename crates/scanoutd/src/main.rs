@@ -168,7 +168,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    let server = SpiceServer::new(cfg, bus.clone(), demo.input_sink(), Arc::clone(&metrics));
+    let server = SpiceServer::new(
+        cfg,
+        bus.clone(),
+        demo.input_sink(),
+        Arc::new(scanoutd_types::NoEncoders),
+        Arc::clone(&metrics),
+    );
 
     let http = match args.metrics {
         Some(addr) => {

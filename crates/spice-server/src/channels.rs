@@ -1,25 +1,19 @@
 //! The message loops of the main, display, inputs and cursor channels.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use scanoutd_ring::Update;
-use scanoutd_types::{Frame, InputEvent, MouseButton, Rect};
+use scanoutd_types::{InputEvent, MouseButton};
 use spice_proto::{
-    ChannelType, ClientMsg, Clip, Cursor, CursorHeader, DrawCopy, Head, Image, MainInit, MotionAck,
-    ScancodeDecoder, ServerMsg, SpiceRect,
+    ChannelType, ClientMsg, Cursor, CursorHeader, MainInit, MotionAck, ScancodeDecoder, ServerMsg,
 };
 
 use crate::conn::Conn;
 use crate::link::Linked;
-use crate::{Compression, ServerError, Session, SpiceServer, MOUSE_MODE_CLIENT, MOUSE_MODE_SERVER};
+use crate::{ServerError, Session, SpiceServer, MOUSE_MODE_CLIENT, MOUSE_MODE_SERVER};
 
-use spice_proto::consts::{ROPD_OP_PUT, SURFACE_FLAG_PRIMARY, SURFACE_FMT_32_XRGB};
-
-/// SpiceImageCompression OFF, as sent in PREFERRED_COMPRESSION.
-const IMAGE_COMPRESSION_OFF: u8 = 1;
-
-static IMAGE_IDS: AtomicU64 = AtomicU64::new(1);
+/// Unsent bytes the kernel may hold for a display socket.
+const DISPLAY_NOTSENT_LOWAT: u32 = 128 * 1024;
 
 /// Run a linked channel until it ends; tidy up the session when the main channel goes.
 pub(crate) async fn run(server: &Arc<SpiceServer>, linked: Linked) {
@@ -32,6 +26,14 @@ pub(crate) async fn run(server: &Arc<SpiceServer>, linked: Linked) {
         leftover,
         owns_session,
     } = linked;
+    if channel == ChannelType::Display {
+        // Keep at most this much unsent data in the kernel: a full link then shows up as a
+        // slow write (which rate control measures) instead of frames aging in a buffer.
+        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(DISPLAY_NOTSENT_LOWAT)
+        {
+            tracing::debug!(%peer, "TCP_NOTSENT_LOWAT: {e}");
+        }
+    }
     let mut conn = Conn::new(
         stream,
         channel,
@@ -45,7 +47,7 @@ pub(crate) async fn run(server: &Arc<SpiceServer>, linked: Linked) {
     tracing::info!(%peer, session = format_args!("{sid:#010x}"), "{channel:?} channel connected");
     let result = match channel {
         ChannelType::Main => main_channel(server, &session, &mut conn).await,
-        ChannelType::Display => display_channel(server, &session, &mut conn, &mess).await,
+        ChannelType::Display => crate::display::run(server, &session, &mut conn, &mess).await,
         ChannelType::Inputs => inputs_channel(server, &session, &mut conn).await,
         ChannelType::Cursor => cursor_channel(&session, &mut conn).await,
         _ => Ok(()),
@@ -77,7 +79,7 @@ pub(crate) async fn run(server: &Arc<SpiceServer>, linked: Linked) {
 
 /// Handle the messages every channel may receive. Returns the message back when it is
 /// channel-specific.
-fn common(conn: &Conn, msg: ClientMsg) -> Option<ClientMsg> {
+pub(crate) fn common(conn: &Conn, msg: ClientMsg) -> Option<ClientMsg> {
     match msg {
         ClientMsg::AckSync { .. } | ClientMsg::Ack | ClientMsg::Pong { .. } => None,
         ClientMsg::Disconnecting { reason, .. } => {
@@ -142,138 +144,6 @@ async fn main_channel(
         tokio::select! {
             _ = session.cancel.cancelled() => return Ok(()),
             r = conn.read_more() => if !r? { return Ok(()) },
-        }
-    }
-}
-
-/// A DRAW_COPY of `rect` of `frame` onto the primary surface.
-fn draw_copy(frame: &Frame, rect: Rect, lz4: bool) -> Option<ServerMsg> {
-    let (r, pixels) = frame.extract(rect)?;
-    let id = IMAGE_IDS.fetch_add(1, Relaxed);
-    let image = if lz4 {
-        Image::lz4_bgrx(id, r.w, r.h, &pixels)
-    } else {
-        Image::bitmap_bgrx(id, r.w, r.h, pixels)
-    };
-    Some(ServerMsg::DrawCopy(DrawCopy {
-        surface_id: 0,
-        bbox: spice_rect(r),
-        clip: Clip::None,
-        src_area: SpiceRect {
-            top: 0,
-            left: 0,
-            bottom: r.h as i32,
-            right: r.w as i32,
-        },
-        rop: ROPD_OP_PUT,
-        scale_mode: 0,
-        image,
-    }))
-}
-
-fn spice_rect(r: Rect) -> SpiceRect {
-    SpiceRect {
-        top: r.y as i32,
-        left: r.x as i32,
-        bottom: r.bottom() as i32,
-        right: r.right() as i32,
-    }
-}
-
-struct DisplayState {
-    surface: Option<(u32, u32)>,
-    lz4: bool,
-}
-
-impl DisplayState {
-    /// Queue the messages for one update from the frame bus.
-    fn queue_update(&mut self, conn: &mut Conn, u: &Update) {
-        let (w, h) = (u.frame.width, u.frame.height);
-        if u.resized || self.surface != Some((w, h)) {
-            if self.surface.is_some() {
-                conn.queue(&ServerMsg::SurfaceDestroy(0));
-            }
-            conn.queue(&ServerMsg::SurfaceCreate {
-                surface_id: 0,
-                width: w,
-                height: h,
-                format: SURFACE_FMT_32_XRGB,
-                flags: SURFACE_FLAG_PRIMARY,
-            });
-            if let Some(m) = draw_copy(&u.frame, u.frame.bounds(), self.lz4) {
-                conn.queue(&m);
-            }
-            // The widget shows nothing until a MONITORS_CONFIG (we advertise the cap) and a
-            // MARK arrive after the primary surface.
-            conn.queue(&ServerMsg::MonitorsConfig {
-                max_allowed: 1,
-                heads: vec![Head {
-                    monitor_id: 0,
-                    surface_id: 0,
-                    width: w,
-                    height: h,
-                    x: 0,
-                    y: 0,
-                    flags: 0,
-                }],
-            });
-            conn.queue(&ServerMsg::Mark);
-            self.surface = Some((w, h));
-            return;
-        }
-        for r in u.damage.rects() {
-            if let Some(m) = draw_copy(&u.frame, *r, self.lz4) {
-                conn.queue(&m);
-            }
-        }
-    }
-}
-
-async fn display_channel(
-    server: &Arc<SpiceServer>,
-    session: &Session,
-    conn: &mut Conn,
-    mess: &spice_proto::LinkMess,
-) -> Result<(), ServerError> {
-    let client_lz4 = mess
-        .channel_caps
-        .has(spice_proto::consts::DISPLAY_CAP_LZ4_COMPRESSION);
-    let mut st = DisplayState {
-        surface: None,
-        lz4: client_lz4 && server.cfg.compression == Compression::Auto,
-    };
-    let sub = server.bus.subscribe();
-    let stats = Arc::clone(&session.stats);
-    loop {
-        while let Some(msg) = conn.next_message()? {
-            let Some(msg) = common(conn, msg) else {
-                continue;
-            };
-            match msg {
-                ClientMsg::DisplayInit { .. } => {}
-                ClientMsg::PreferredCompression(c) => {
-                    st.lz4 = client_lz4
-                        && server.cfg.compression == Compression::Auto
-                        && c != IMAGE_COMPRESSION_OFF;
-                    tracing::debug!(peer = %conn.peer, "client prefers compression {c}; lz4 = {}", st.lz4);
-                }
-                other => tracing::trace!(peer = %conn.peer, "display: ignoring {other:?}"),
-            }
-        }
-        tokio::select! {
-            _ = session.cancel.cancelled() => return Ok(()),
-            r = conn.read_more() => if !r? { return Ok(()) },
-            u = sub.next() => {
-                let Some(u) = u else {
-                    tracing::info!(peer = %conn.peer, "the display source ended");
-                    return Ok(());
-                };
-                st.queue_update(conn, &u);
-                let sent = conn.flush().await?;
-                stats.updates_sent.fetch_add(1, Relaxed);
-                stats.coalesced_updates.fetch_add(u.coalesced, Relaxed);
-                stats.bytes_sent.fetch_add(sent as u64, Relaxed);
-            }
         }
     }
 }

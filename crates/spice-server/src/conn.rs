@@ -53,6 +53,15 @@ impl Conn {
         msg.encode(&mut self.wbuf);
     }
 
+    /// The write batch, for encoders that append a message without building it first.
+    pub fn out(&mut self) -> &mut Vec<u8> {
+        &mut self.wbuf
+    }
+
+    pub fn out_len(&self) -> usize {
+        self.wbuf.len()
+    }
+
     /// Write the batch. A client that accepts no byte for the stall timeout is an error.
     /// Returns how many bytes went out.
     pub async fn flush(&mut self) -> Result<usize, ServerError> {

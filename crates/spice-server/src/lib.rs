@@ -15,8 +15,11 @@
 mod auth;
 mod channels;
 mod conn;
+mod display;
 mod link;
 mod metrics;
+pub mod rate;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use scanoutd_ring::FrameBus;
-use scanoutd_types::InputSink;
+use scanoutd_types::{Codec, EncoderFactory, InputSink};
 use spice_proto::LinkError;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -33,7 +36,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::{Ticketing, MAX_PASSWORD_LEN};
-pub use metrics::{ClientStats, Metrics};
+pub use metrics::{ClientStats, Histogram, Metrics};
+pub use rate::RateLimits;
+pub use stream::{StreamMode, StreamTuning};
 
 /// Errors of the server and of single connections.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +90,16 @@ pub struct ServerConfig {
     /// How far the client's multimedia clock is set behind the server's (the SPICE "D"):
     /// frames are due `mm_time_margin_ms` after capture.
     pub mm_time_margin_ms: u32,
+    /// When to use video streams.
+    pub stream_mode: StreamMode,
+    pub stream_tuning: StreamTuning,
+    /// Codecs the server may stream with, in order of preference (restricted further to what
+    /// the encoder factory can do and what each client decodes).
+    pub codecs: Vec<Codec>,
+    /// Video bitrate: start, floor and ceiling per client.
+    pub rate: RateLimits,
+    /// The source's frame rate (the encoders are configured with it).
+    pub source_fps: u32,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +113,17 @@ impl Default for ServerConfig {
             max_client_message: 64 * 1024,
             compression: Compression::Auto,
             mm_time_margin_ms: 20,
+            stream_mode: StreamMode::Auto,
+            stream_tuning: StreamTuning::default(),
+            codecs: vec![
+                Codec::H264,
+                Codec::Vp8,
+                Codec::Vp9,
+                Codec::H265,
+                Codec::Mjpeg,
+            ],
+            rate: RateLimits::default(),
+            source_fps: 60,
         }
     }
 }
@@ -120,6 +146,7 @@ pub struct SpiceServer {
     pub(crate) cfg: ServerConfig,
     pub(crate) bus: FrameBus,
     pub(crate) input: Arc<dyn InputSink>,
+    pub(crate) encoders: Arc<dyn EncoderFactory>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) keys: Arc<auth::KeyPool>,
     pub(crate) sessions: Mutex<HashMap<u32, Arc<Session>>>,
@@ -133,12 +160,14 @@ impl SpiceServer {
         cfg: ServerConfig,
         bus: FrameBus,
         input: Arc<dyn InputSink>,
+        encoders: Arc<dyn EncoderFactory>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(SpiceServer {
             cfg,
             bus,
             input,
+            encoders,
             metrics,
             keys: auth::KeyPool::start(4),
             sessions: Mutex::new(HashMap::new()),
@@ -155,6 +184,17 @@ impl SpiceServer {
     /// The server's multimedia clock: milliseconds since it started, wrapping at 2^32.
     pub fn mm_time(&self) -> u32 {
         self.started.elapsed().as_millis() as u32
+    }
+
+    /// The server's multimedia clock at the moment a frame was captured (`capture_unix_ms`),
+    /// which is what a frame is stamped with: the client shows it `mm_time_margin_ms` later.
+    pub fn capture_mm_time(&self, capture_unix_ms: u64) -> u32 {
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let age = now_unix.saturating_sub(capture_unix_ms).min(10_000) as u32;
+        self.mm_time().wrapping_sub(age)
     }
 
     /// Accept connections on `listener` until [`SpiceServer::shutdown`] is called.

@@ -40,6 +40,8 @@ pub(crate) fn channel_caps(ch: ChannelType) -> Caps {
         ChannelType::Display => {
             c.set(spice_proto::consts::DISPLAY_CAP_MONITORS_CONFIG);
             c.set(spice_proto::consts::DISPLAY_CAP_PREF_COMPRESSION);
+            c.set(spice_proto::consts::DISPLAY_CAP_STREAM_REPORT);
+            c.set(spice_proto::consts::DISPLAY_CAP_PREF_VIDEO_CODEC_TYPE);
         }
         ChannelType::Inputs => c.set(spice_proto::consts::INPUTS_CAP_KEY_SCANCODE),
         _ => {}

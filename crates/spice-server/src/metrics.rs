@@ -2,10 +2,59 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use scanoutd_types::Codec;
 use spice_proto::ChannelType;
+
+/// A latency histogram in milliseconds with fixed buckets (Prometheus `le` bounds).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; Histogram::BOUNDS.len()],
+    count: AtomicU64,
+    /// Sum in microseconds.
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub const BOUNDS: [f64; 12] = [
+        1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 25.0, 33.0, 50.0, 100.0, 250.0, 1000.0,
+    ];
+
+    pub fn observe(&self, ms: f64) {
+        for (i, b) in Self::BOUNDS.iter().enumerate() {
+            if ms <= *b {
+                self.counts[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us
+            .fetch_add((ms.max(0.0) * 1000.0) as u64, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (i, b) in Self::BOUNDS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"{b}\"}} {}",
+                self.counts[i].load(Relaxed)
+            );
+        }
+        let n = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {n}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_us.load(Relaxed) as f64 / 1000.0
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {n}");
+    }
+}
 
 /// The channels the server speaks, in metric label order.
 const CHANNELS: [(ChannelType, &str); 4] = [
@@ -21,6 +70,8 @@ fn channel_index(ch: ChannelType) -> Option<usize> {
 
 /// Reads one counter of a [`ClientStats`].
 type StatGetter = fn(&ClientStats) -> u64;
+/// Reads one histogram of a [`ClientStats`].
+type HistGetter = fn(&ClientStats) -> &Histogram;
 
 /// Per-client display counters. Shared between the client's display task and the metrics.
 #[derive(Debug, Default)]
@@ -30,6 +81,32 @@ pub struct ClientStats {
     /// Frames merged into a later update because the client was still busy with an earlier one.
     pub coalesced_updates: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// Frames the video encoder produced / STREAM_DATA updates sent.
+    pub frames_encoded: AtomicU64,
+    pub stream_frames_sent: AtomicU64,
+    /// Current video target (0 without a stream).
+    pub bitrate_kbps: AtomicU64,
+    /// 0 = no stream, otherwise 1 + index in `Codec::ALL`.
+    codec: AtomicU8,
+    pub encode_ms: Histogram,
+    /// From capture to the frame's last byte handed to the socket.
+    pub capture_to_send_ms: Histogram,
+}
+
+impl ClientStats {
+    pub fn set_stream(&self, codec: Option<Codec>, kbps: u32) {
+        let v = codec
+            .and_then(|c| Codec::ALL.iter().position(|x| *x == c))
+            .map_or(0, |i| i as u8 + 1);
+        self.codec.store(v, Relaxed);
+        self.bitrate_kbps.store(u64::from(kbps), Relaxed);
+    }
+
+    /// The codec of the running stream.
+    pub fn codec(&self) -> Option<Codec> {
+        let v = self.codec.load(Relaxed) as usize;
+        v.checked_sub(1).and_then(|i| Codec::ALL.get(i).copied())
+    }
 }
 
 /// Server-wide counters.
@@ -211,6 +288,33 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for (id, s) in clients.iter() {
                 let _ = writeln!(out, "{name}{{client=\"{id}\"}} {}", get(s));
+            }
+        }
+        let _ = writeln!(out, "# HELP scanoutd_client_stream_codec The codec of a client's running stream (1 while it runs).\n# TYPE scanoutd_client_stream_codec gauge");
+        for (id, s) in clients.iter() {
+            if let Some(c) = s.codec() {
+                let _ = writeln!(
+                    out,
+                    "scanoutd_client_stream_codec{{client=\"{id}\",codec=\"{c}\"}} 1"
+                );
+            }
+        }
+        let hists: [(&str, &str, HistGetter); 2] = [
+            (
+                "scanoutd_client_encode_ms",
+                "Video encode time per frame, ms.",
+                |s| &s.encode_ms,
+            ),
+            (
+                "scanoutd_client_capture_to_send_ms",
+                "Capture to written-to-socket per video frame, ms.",
+                |s| &s.capture_to_send_ms,
+            ),
+        ];
+        for (name, help, get) in hists {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (id, s) in clients.iter() {
+                get(s).render(out, name, &format!("client=\"{id}\""));
             }
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use scanoutd_ring::FrameBus;
 use scanoutd_testkit::{default_display_caps, Channel, ClientError, TestClient};
-use scanoutd_types::{Damage, Frame, InputEvent, InputSink, MouseButton, Rect};
+use scanoutd_types::{Damage, Frame, InputEvent, InputSink, MouseButton, NoEncoders, Rect};
 use spice_proto::{ChannelType, ClientMsg, LinkError, ServerMsg};
 use spice_server::{Metrics, ServerConfig, SpiceServer, Ticketing};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,7 +48,13 @@ async fn start(cfg: ServerConfig) -> Harness {
     let bus = FrameBus::new();
     let input = Arc::new(Recorder::default());
     let metrics = Metrics::new();
-    let server = SpiceServer::new(cfg, bus.clone(), input.clone(), metrics.clone());
+    let server = SpiceServer::new(
+        cfg,
+        bus.clone(),
+        input.clone(),
+        Arc::new(NoEncoders),
+        metrics.clone(),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let s = server.clone();
@@ -582,4 +588,262 @@ async fn slow_reader_gets_fewer_newer_updates() {
     assert!(coalesced > 0, "nothing was coalesced ({sent} updates sent)");
     assert!(sent + coalesced >= 100);
     assert!(sent < 100, "every frame was sent separately");
+}
+
+/// A deterministic encoder: each "frame" is a header (keyframe flag, width, height) plus a
+/// checksum of the pixels, so tests can see what was encoded without a real codec.
+struct FakeEncoder {
+    codec: scanoutd_types::Codec,
+    w: u32,
+    h: u32,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl scanoutd_types::VideoEncoder for FakeEncoder {
+    fn encode(
+        &mut self,
+        bgrx: &[u8],
+        stride: usize,
+        pts_ms: u64,
+        force_keyframe: bool,
+    ) -> Result<Option<scanoutd_types::EncodedFrame>, scanoutd_types::EncoderError> {
+        assert_eq!(stride, self.w as usize * 4);
+        assert_eq!(bgrx.len(), stride * self.h as usize);
+        let sum: u64 = bgrx.iter().map(|b| u64::from(*b)).sum();
+        let mut data = vec![force_keyframe as u8];
+        data.extend_from_slice(&self.w.to_le_bytes());
+        data.extend_from_slice(&self.h.to_le_bytes());
+        data.extend_from_slice(&sum.to_le_bytes());
+        Ok(Some(scanoutd_types::EncodedFrame {
+            data,
+            keyframe: force_keyframe,
+            pts_ms,
+            encode_time: Duration::from_millis(1),
+        }))
+    }
+    fn set_bitrate(&mut self, kbps: u32) -> Result<(), scanoutd_types::EncoderError> {
+        self.log.lock().unwrap().push(format!("bitrate {kbps}"));
+        Ok(())
+    }
+    fn codec(&self) -> scanoutd_types::Codec {
+        self.codec
+    }
+    fn name(&self) -> &str {
+        "fake"
+    }
+}
+
+/// Encodes everything but `broken`, which fails to start.
+struct FakeFactory {
+    broken: Option<scanoutd_types::Codec>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl scanoutd_types::EncoderFactory for FakeFactory {
+    fn codecs(&self) -> Vec<scanoutd_types::Codec> {
+        scanoutd_types::Codec::ALL.to_vec()
+    }
+    fn create(
+        &self,
+        codec: scanoutd_types::Codec,
+        width: u32,
+        height: u32,
+        _fps: u32,
+        _kbps: u32,
+    ) -> Result<Box<dyn scanoutd_types::VideoEncoder>, scanoutd_types::EncoderError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("create {codec} {width}x{height}"));
+        if Some(codec) == self.broken {
+            return Err(scanoutd_types::EncoderError(format!("{codec} is broken")));
+        }
+        Ok(Box::new(FakeEncoder {
+            codec,
+            w: width,
+            h: height,
+            log: self.log.clone(),
+        }))
+    }
+}
+
+/// Paint a moving block (like a video) over a static background.
+fn paint_block(f: &mut Frame, r: Rect, seq: u64) {
+    for y in r.y..r.bottom() {
+        for x in r.x..r.right() {
+            let o = (y * f.width + x) as usize * 4;
+            let v = (x as u64 * 5 + y as u64 * 3 + seq * 17) as u32;
+            f.data[o..o + 3].copy_from_slice(&v.to_le_bytes()[..3]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_motion_streams_then_turns_sharp_again() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let bus = FrameBus::new();
+    let input = Arc::new(Recorder::default());
+    let metrics = Metrics::new();
+    let factory = Arc::new(FakeFactory {
+        broken: Some(scanoutd_types::Codec::H264),
+        log: log.clone(),
+    });
+    let server = SpiceServer::new(
+        ServerConfig::default(),
+        bus.clone(),
+        input,
+        factory,
+        metrics.clone(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s = server.clone();
+    tokio::spawn(async move { s.serve(listener).await });
+
+    let (w, h) = (640, 480);
+    let mut frame = pattern(w, h, 0, false);
+    bus.publish(Arc::new(frame.clone()), &Damage::full(w, h));
+    let mut c = TestClient::connect(addr, "").await.unwrap();
+    c.wait_ready(T).await.unwrap();
+
+    // 1.5 s of a 200x150 block changing at 60 fps; a small cursor-like change elsewhere.
+    let video = Rect::new(100, 120, 200, 150);
+    let pump = {
+        let bus = bus.clone();
+        let mut frame = frame.clone();
+        tokio::spawn(async move {
+            for seq in 1..=90u64 {
+                paint_block(&mut frame, video, seq);
+                let mut d = Damage::new();
+                d.add(video);
+                bus.publish(Arc::new(frame.clone()), &d);
+                tokio::time::sleep(Duration::from_millis(16)).await;
+            }
+            frame
+        })
+    };
+    let mut created = None;
+    let mut data = Vec::new();
+    let deadline = tokio::time::Instant::now() + T;
+    while data.len() < 10 && tokio::time::Instant::now() < deadline {
+        let m = c.display.recv(T).await.unwrap();
+        match &m {
+            ServerMsg::StreamCreate {
+                id,
+                codec_type,
+                flags,
+                dest,
+                ..
+            } => {
+                created = Some((*id, *codec_type, *flags, *dest));
+            }
+            ServerMsg::StreamData { id, data: d, .. } => {
+                assert_eq!(Some(*id), created.map(|c| c.0));
+                data.push(d.clone());
+            }
+            _ => {}
+        }
+        c.surface.apply(&m).unwrap();
+    }
+    let (_, codec, flags, dest) = created.expect("a stream was created");
+    assert_eq!(
+        codec,
+        spice_proto::VideoCodec::Vp8 as u8,
+        "H.264 failed to start: next codec"
+    );
+    assert_eq!(flags & 1, 1, "TOP_DOWN");
+    assert!(
+        dest.left <= 100 && dest.top <= 120 && dest.right >= 300 && dest.bottom >= 270,
+        "{dest:?}"
+    );
+    assert!(
+        (dest.right - dest.left) * (dest.bottom - dest.top) < 2 * 200 * 150,
+        "stream is not much larger than the video"
+    );
+    assert_eq!(data[0][0], 1, "the first stream frame is a keyframe");
+    assert!(
+        data[1..].iter().all(|d| d[0] == 0),
+        "later frames are not forced keyframes"
+    );
+    assert!(log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.starts_with("create h264")));
+
+    // Motion stops: the stream is destroyed and its area redrawn losslessly.
+    frame = pump.await.unwrap();
+    let want = frame.clone();
+    let mut destroyed = false;
+    let deadline = tokio::time::Instant::now() + T;
+    while tokio::time::Instant::now() < deadline {
+        let m = c.display.recv(T).await.unwrap();
+        if matches!(m, ServerMsg::StreamDestroy(_)) {
+            destroyed = true;
+        }
+        c.surface.apply(&m).unwrap();
+        if destroyed && surface_matches(&c.surface, &want) {
+            break;
+        }
+    }
+    assert!(destroyed, "the stream was destroyed when motion stopped");
+    assert_surface_eq(&c, &want);
+    let stats = metrics.client(c.session_id).unwrap();
+    assert!(
+        stats
+            .frames_encoded
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 10
+    );
+    assert!(stats.capture_to_send_ms.count() >= 10);
+    server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codec_off_never_streams() {
+    let bus = FrameBus::new();
+    let factory = Arc::new(FakeFactory {
+        broken: None,
+        log: Arc::new(Mutex::new(Vec::new())),
+    });
+    let cfg = ServerConfig {
+        stream_mode: spice_server::StreamMode::Off,
+        ..ServerConfig::default()
+    };
+    let server = SpiceServer::new(
+        cfg,
+        bus.clone(),
+        Arc::new(Recorder::default()),
+        factory,
+        Metrics::new(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s = server.clone();
+    tokio::spawn(async move { s.serve(listener).await });
+    let (w, h) = (320, 240);
+    let mut frame = pattern(w, h, 0, false);
+    bus.publish(Arc::new(frame.clone()), &Damage::full(w, h));
+    let mut c = TestClient::connect(addr, "").await.unwrap();
+    c.wait_ready(T).await.unwrap();
+    let video = Rect::new(10, 10, 200, 150);
+    for seq in 1..=60u64 {
+        paint_block(&mut frame, video, seq);
+        let mut d = Damage::new();
+        d.add(video);
+        bus.publish(Arc::new(frame.clone()), &d);
+        tokio::time::sleep(Duration::from_millis(16)).await;
+    }
+    let want = frame.clone();
+    let deadline = tokio::time::Instant::now() + T;
+    while !surface_matches(&c.surface, &want) && tokio::time::Instant::now() < deadline {
+        let m = c.display.recv(T).await.unwrap();
+        assert!(
+            !matches!(m, ServerMsg::StreamCreate { .. }),
+            "streamed with --codec off"
+        );
+        c.surface.apply(&m).unwrap();
+    }
+    assert_surface_eq(&c, &want);
+    server.shutdown();
 }

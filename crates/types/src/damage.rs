@@ -65,6 +65,37 @@ impl Rect {
             && other.bottom() <= self.bottom()
     }
 
+    /// `self` minus `other`, as at most four non-overlapping rectangles.
+    pub fn subtract(&self, other: &Rect) -> Vec<Rect> {
+        let Some(i) = self.intersect(other) else {
+            return if self.is_empty() {
+                Vec::new()
+            } else {
+                vec![*self]
+            };
+        };
+        let mut out = Vec::with_capacity(4);
+        // Above and below the overlap (full width), then left and right of it.
+        if i.y > self.y {
+            out.push(Rect::new(self.x, self.y, self.w, i.y - self.y));
+        }
+        if i.bottom() < self.bottom() {
+            out.push(Rect::new(
+                self.x,
+                i.bottom(),
+                self.w,
+                self.bottom() - i.bottom(),
+            ));
+        }
+        if i.x > self.x {
+            out.push(Rect::new(self.x, i.y, i.x - self.x, i.h));
+        }
+        if i.right() < self.right() {
+            out.push(Rect::new(i.right(), i.y, self.right() - i.right(), i.h));
+        }
+        out
+    }
+
     /// Clamp to a `width` x `height` surface; `None` if nothing is left.
     pub fn clamp_to(&self, width: u32, height: u32) -> Option<Rect> {
         self.intersect(&Rect::new(0, 0, width, height))
@@ -213,6 +244,27 @@ mod tests {
             Some(Rect::new(90, 90, 10, 10))
         );
         assert_eq!(Rect::new(100, 0, 5, 5).clamp_to(100, 100), None);
+    }
+
+    #[test]
+    fn subtract_covers_exactly_the_difference() {
+        let a = Rect::new(0, 0, 10, 10);
+        for b in [
+            Rect::new(2, 3, 4, 5),
+            Rect::new(-0i32 as u32, 0, 10, 10),
+            Rect::new(5, 5, 20, 20),
+            Rect::new(20, 20, 2, 2),
+        ] {
+            let parts = a.subtract(&b);
+            for y in 0..12 {
+                for x in 0..12 {
+                    let p = Rect::new(x, y, 1, 1);
+                    let want = a.contains(&p) && !b.contains(&p);
+                    let n = parts.iter().filter(|r| r.contains(&p)).count();
+                    assert_eq!(n, want as usize, "{a:?} - {b:?} at ({x},{y})");
+                }
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,9 @@
 mod damage;
 mod frame;
 mod input;
+mod video;
 
 pub use damage::{Damage, Rect, MAX_DAMAGE_RECTS};
 pub use frame::{CursorShape, Frame, BYTES_PER_PIXEL};
 pub use input::{InputEvent, InputSink, MouseButton, NullInputSink};
+pub use video::{Codec, EncodedFrame, EncoderError, EncoderFactory, NoEncoders, VideoEncoder};

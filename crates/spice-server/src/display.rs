@@ -1,0 +1,477 @@
+//! The display channel of one client: the primary surface, drawables for static or small
+//! changes, and a video stream for a region that keeps changing.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use scanoutd_ring::Update;
+use scanoutd_types::{Codec, Frame, Rect, VideoEncoder};
+use spice_proto::consts::{
+    DISPLAY_CAP_LZ4_COMPRESSION, DISPLAY_CAP_STREAM_REPORT, ROPD_OP_PUT, STREAM_FLAG_TOP_DOWN,
+    SURFACE_FLAG_PRIMARY, SURFACE_FMT_32_XRGB,
+};
+use spice_proto::{Caps, ClientMsg, Clip, DrawCopy, Head, Image, LinkMess, ServerMsg, SpiceRect};
+
+use crate::conn::Conn;
+use crate::rate::RateControl;
+use crate::stream::{codec_candidates, spice_codec, StreamAction, StreamPolicy};
+use crate::{ClientStats, Compression, ServerError, Session, SpiceServer};
+
+/// SpiceImageCompression OFF, as sent in PREFERRED_COMPRESSION.
+const IMAGE_COMPRESSION_OFF: u8 = 1;
+/// STREAM_ACTIVATE_REPORT: a report every 5 frames or every second, like spice-server.
+const REPORT_WINDOW: u32 = 5;
+const REPORT_TIMEOUT_MS: u32 = 1000;
+const TICK: Duration = Duration::from_millis(100);
+
+static IMAGE_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// A DRAW_COPY of `rect` of `frame` onto the primary surface.
+pub(crate) fn draw_copy(frame: &Frame, rect: Rect, lz4: bool) -> Option<ServerMsg> {
+    let (r, pixels) = frame.extract(rect)?;
+    let id = IMAGE_IDS.fetch_add(1, Relaxed);
+    let image = if lz4 {
+        Image::lz4_bgrx(id, r.w, r.h, &pixels)
+    } else {
+        Image::bitmap_bgrx(id, r.w, r.h, pixels)
+    };
+    Some(ServerMsg::DrawCopy(DrawCopy {
+        surface_id: 0,
+        bbox: spice_rect(r),
+        clip: Clip::None,
+        src_area: SpiceRect {
+            top: 0,
+            left: 0,
+            bottom: r.h as i32,
+            right: r.w as i32,
+        },
+        rop: ROPD_OP_PUT,
+        scale_mode: 0,
+        image,
+    }))
+}
+
+fn spice_rect(r: Rect) -> SpiceRect {
+    SpiceRect {
+        top: r.y as i32,
+        left: r.x as i32,
+        bottom: r.bottom() as i32,
+        right: r.right() as i32,
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Stream {
+    id: u32,
+    rect: Rect,
+    codec: Codec,
+    /// `None` only while the encoder is out on a blocking thread.
+    encoder: Option<Box<dyn VideoEncoder>>,
+    /// The next frame must be a keyframe (a new stream, or the decoder lost its reference).
+    need_key: bool,
+    encoder_kbps: u32,
+}
+
+struct Display<'a> {
+    server: &'a Arc<SpiceServer>,
+    stats: Arc<ClientStats>,
+    client_caps: Caps,
+    lz4: bool,
+    reports: bool,
+    surface: Option<(u32, u32)>,
+    policy: StreamPolicy,
+    stream: Option<Stream>,
+    next_stream_id: u32,
+    client_pref: Vec<u8>,
+    failed: Vec<Codec>,
+    rate: RateControl,
+    frame_period: Duration,
+}
+
+pub(crate) async fn run(
+    server: &Arc<SpiceServer>,
+    session: &Session,
+    conn: &mut Conn,
+    mess: &LinkMess,
+) -> Result<(), ServerError> {
+    let client_caps = mess.channel_caps.clone();
+    let now = Instant::now();
+    let mut d = Display {
+        server,
+        stats: Arc::clone(&session.stats),
+        lz4: client_caps.has(DISPLAY_CAP_LZ4_COMPRESSION)
+            && server.cfg.compression == Compression::Auto,
+        reports: client_caps.has(DISPLAY_CAP_STREAM_REPORT),
+        client_caps,
+        surface: None,
+        policy: StreamPolicy::new(server.cfg.stream_mode, server.cfg.stream_tuning),
+        stream: None,
+        next_stream_id: 0,
+        client_pref: Vec::new(),
+        failed: Vec::new(),
+        rate: RateControl::new(server.cfg.rate, now),
+        frame_period: Duration::from_secs_f64(1.0 / f64::from(server.cfg.source_fps.max(1))),
+    };
+    let sub = server.bus.subscribe();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let result = async {
+        loop {
+            while let Some(msg) = conn.next_message()? {
+                d.on_message(conn, msg).await?;
+            }
+            // While a stream runs, the client's budget decides when it may take a frame;
+            // frames published meanwhile are merged (dropped before any encoding).
+            let paced = d.stream.is_some() && !d.rate.may_send(Instant::now());
+            let wake = tokio::time::Instant::from_std(d.rate.next_send());
+            tokio::select! {
+                _ = session.cancel.cancelled() => return Ok(()),
+                r = conn.read_more() => if !r? { return Ok(()) },
+                _ = tick.tick() => d.on_tick(conn).await?,
+                _ = tokio::time::sleep_until(wake), if paced => {}
+                u = sub.next(), if !paced => {
+                    let Some(u) = u else {
+                        tracing::info!(peer = %conn.peer, "the display source ended");
+                        return Ok(());
+                    };
+                    d.on_update(conn, &u).await?;
+                }
+            }
+        }
+    }
+    .await;
+    d.stats.set_stream(None, 0);
+    result
+}
+
+impl Display<'_> {
+    async fn on_message(&mut self, conn: &mut Conn, msg: ClientMsg) -> Result<(), ServerError> {
+        let Some(msg) = crate::channels::common(conn, msg) else {
+            return Ok(());
+        };
+        match msg {
+            ClientMsg::DisplayInit { .. } | ClientMsg::GlDrawDone => {}
+            ClientMsg::PreferredCompression(c) => {
+                self.lz4 = self.client_caps.has(DISPLAY_CAP_LZ4_COMPRESSION)
+                    && self.server.cfg.compression == Compression::Auto
+                    && c != IMAGE_COMPRESSION_OFF;
+                tracing::debug!(peer = %conn.peer, "client prefers image compression {c}; lz4 = {}", self.lz4);
+            }
+            ClientMsg::PreferredVideoCodecType(list) => {
+                tracing::info!(peer = %conn.peer, "client prefers video codecs {list:?}");
+                self.client_pref = list;
+            }
+            ClientMsg::StreamReport(r) => {
+                let Some(st) = &self.stream else {
+                    return Ok(());
+                };
+                if r.stream_id != st.id || r.unique_id != st.id + 1 {
+                    return Ok(()); // a report about an earlier stream
+                }
+                if r.is_unsupported_stream() {
+                    tracing::warn!(peer = %conn.peer, "the client cannot decode {} streams; trying another codec", st.codec);
+                    let (rect, codec) = (st.rect, st.codec);
+                    self.failed.push(codec);
+                    self.end_stream(conn, true);
+                    self.start_stream(conn, rect).await;
+                    conn.flush().await?;
+                } else {
+                    tracing::trace!(peer = %conn.peer, "stream report: {r:?}");
+                    if self.rate.on_report(
+                        Instant::now(),
+                        r.num_frames,
+                        r.num_drops,
+                        r.last_frame_delay,
+                    ) {
+                        self.apply_bitrate(conn);
+                    }
+                }
+            }
+            other => tracing::trace!(peer = %conn.peer, "display: ignoring {other:?}"),
+        }
+        Ok(())
+    }
+
+    fn apply_bitrate(&mut self, conn: &Conn) {
+        let kbps = self.rate.target_kbps();
+        self.stats.bitrate_kbps.store(u64::from(kbps), Relaxed);
+        if let Some(st) = &mut self.stream {
+            if st.encoder_kbps != kbps {
+                if let Some(enc) = &mut st.encoder {
+                    match enc.set_bitrate(kbps) {
+                        Ok(()) => st.encoder_kbps = kbps,
+                        Err(e) => tracing::warn!(peer = %conn.peer, "setting the bitrate: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_tick(&mut self, conn: &mut Conn) -> Result<(), ServerError> {
+        let now = Instant::now();
+        if self.rate.on_tick(now) {
+            self.apply_bitrate(conn);
+        }
+        if let StreamAction::Stop(rect) = self.policy.on_tick(now) {
+            tracing::debug!(peer = %conn.peer, "motion stopped in {rect:?}: ending the stream");
+            self.end_stream(conn, true);
+            conn.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Queue the primary surface and its first full picture.
+    fn create_surface(&mut self, conn: &mut Conn, frame: &Frame) {
+        let (w, h) = (frame.width, frame.height);
+        if self.stream.is_some() {
+            self.end_stream(conn, false);
+        }
+        if self.surface.is_some() {
+            conn.queue(&ServerMsg::SurfaceDestroy(0));
+        }
+        conn.queue(&ServerMsg::SurfaceCreate {
+            surface_id: 0,
+            width: w,
+            height: h,
+            format: SURFACE_FMT_32_XRGB,
+            flags: SURFACE_FLAG_PRIMARY,
+        });
+        if let Some(m) = draw_copy(frame, frame.bounds(), self.lz4) {
+            conn.queue(&m);
+        }
+        // The widget shows nothing until a MONITORS_CONFIG (we advertise the cap) and a MARK
+        // arrive after the primary surface.
+        conn.queue(&ServerMsg::MonitorsConfig {
+            max_allowed: 1,
+            heads: vec![Head {
+                monitor_id: 0,
+                surface_id: 0,
+                width: w,
+                height: h,
+                x: 0,
+                y: 0,
+                flags: 0,
+            }],
+        });
+        conn.queue(&ServerMsg::Mark);
+        self.surface = Some((w, h));
+        self.policy.reset(w, h);
+    }
+
+    /// Codecs to try for this client, best first, without those that failed.
+    fn candidates(&self) -> Vec<Codec> {
+        let available = self.server.encoders.codecs();
+        let order: Vec<Codec> = self
+            .server
+            .cfg
+            .codecs
+            .iter()
+            .copied()
+            .filter(|c| available.contains(c) && !self.failed.contains(c))
+            .collect();
+        codec_candidates(&order, &self.client_caps, &self.client_pref)
+    }
+
+    /// Start a stream over `rect`, trying codecs in order. Falls back to drawables for good
+    /// when none works for this client.
+    async fn start_stream(&mut self, conn: &mut Conn, rect: Rect) {
+        for codec in self.candidates() {
+            let factory = Arc::clone(&self.server.encoders);
+            let (w, h, fps, kbps) = (
+                rect.w,
+                rect.h,
+                self.server.cfg.source_fps,
+                self.rate.target_kbps(),
+            );
+            let made =
+                tokio::task::spawn_blocking(move || factory.create(codec, w, h, fps, kbps)).await;
+            let encoder = match made {
+                Ok(Ok(e)) => e,
+                Ok(Err(e)) => {
+                    tracing::warn!(peer = %conn.peer, "cannot start a {codec} encoder: {e}; trying the next codec");
+                    self.failed.push(codec);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(peer = %conn.peer, "encoder start-up task failed: {e}");
+                    self.failed.push(codec);
+                    continue;
+                }
+            };
+            let id = self.next_stream_id;
+            self.next_stream_id = (id + 1) % 64;
+            conn.queue(&ServerMsg::StreamCreate {
+                surface_id: 0,
+                id,
+                flags: STREAM_FLAG_TOP_DOWN,
+                codec_type: spice_codec(codec) as u8,
+                stamp: 0,
+                stream_width: w,
+                stream_height: h,
+                src_width: w,
+                src_height: h,
+                dest: spice_rect(rect),
+                clip: Clip::None,
+            });
+            if self.reports {
+                conn.queue(&ServerMsg::StreamActivateReport {
+                    stream_id: id,
+                    unique_id: id + 1,
+                    max_window_size: REPORT_WINDOW,
+                    timeout_ms: REPORT_TIMEOUT_MS,
+                });
+            }
+            tracing::info!(peer = %conn.peer, "streaming {rect:?} as {codec} ({}) at {kbps} kbit/s", encoder.name());
+            self.stats.set_stream(Some(codec), kbps);
+            self.stream = Some(Stream {
+                id,
+                rect,
+                codec,
+                encoder: Some(encoder),
+                need_key: true,
+                encoder_kbps: kbps,
+            });
+            return;
+        }
+        tracing::info!(peer = %conn.peer, "no video codec works for this client; sending drawables only");
+        self.policy.disable();
+    }
+
+    /// Destroy the stream; with `lossless`, redraw its area from the newest frame so text is
+    /// sharp again.
+    fn end_stream(&mut self, conn: &mut Conn, lossless: bool) {
+        let Some(st) = self.stream.take() else { return };
+        conn.queue(&ServerMsg::StreamDestroy(st.id));
+        if lossless {
+            if let Some(frame) = self.server.bus.latest() {
+                if let Some(m) = draw_copy(&frame, st.rect, self.lz4) {
+                    conn.queue(&m);
+                }
+            }
+        }
+        self.stats.set_stream(None, 0);
+    }
+
+    async fn on_update(&mut self, conn: &mut Conn, u: &Update) -> Result<(), ServerError> {
+        let frame = &u.frame;
+        if u.resized || self.surface != Some((frame.width, frame.height)) {
+            self.create_surface(conn, frame);
+            self.send(conn, u, None).await?;
+            return Ok(());
+        }
+        match self.policy.on_update(Instant::now(), &u.damage) {
+            StreamAction::Start(rect) => self.start_stream(conn, rect).await,
+            StreamAction::Regrow(rect) => {
+                self.end_stream(conn, false);
+                self.start_stream(conn, rect).await;
+            }
+            StreamAction::Stop(_) | StreamAction::None => {}
+        }
+        let stream_rect = self.stream.as_ref().map(|s| s.rect);
+        for r in u.damage.rects() {
+            let parts = match stream_rect {
+                Some(sr) => r.subtract(&sr),
+                None => vec![*r],
+            };
+            for p in parts {
+                if let Some(m) = draw_copy(frame, p, self.lz4) {
+                    conn.queue(&m);
+                }
+            }
+        }
+        let mut encoded = None;
+        if let Some(sr) = stream_rect {
+            if u.damage.rects().iter().any(|r| r.intersect(&sr).is_some()) {
+                encoded = self.encode(conn, frame, sr).await;
+            }
+        }
+        self.send(conn, u, encoded).await
+    }
+
+    /// Encode the stream area of `frame` and queue it as STREAM_DATA. Returns the frame size.
+    async fn encode(&mut self, conn: &mut Conn, frame: &Arc<Frame>, rect: Rect) -> Option<usize> {
+        let st = self.stream.as_mut()?;
+        let mut encoder = st.encoder.take()?;
+        let force = st.need_key;
+        let f = Arc::clone(frame);
+        let res = tokio::task::spawn_blocking(move || {
+            let r = match f.extract(rect) {
+                Some((r, px)) => encoder.encode(&px, r.w as usize * 4, f.capture_ms, force),
+                None => Ok(None),
+            };
+            (encoder, r)
+        })
+        .await;
+        let (encoder, result) = match res {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(peer = %conn.peer, "encoder task failed: {e}");
+                self.stream = None;
+                return None;
+            }
+        };
+        let st = self.stream.as_mut()?;
+        st.encoder = Some(encoder);
+        match result {
+            Ok(Some(ef)) => {
+                st.need_key = false;
+                let mm = self.server.capture_mm_time(frame.capture_ms);
+                let before = conn.out_len();
+                ServerMsg::encode_stream_data(st.id, mm, &ef.data, conn.out());
+                self.stats.frames_encoded.fetch_add(1, Relaxed);
+                self.stats
+                    .encode_ms
+                    .observe(ef.encode_time.as_secs_f64() * 1000.0);
+                Some(conn.out_len() - before)
+            }
+            Ok(None) => {
+                tracing::debug!(peer = %conn.peer, "the encoder produced nothing for frame {}", frame.seq);
+                None
+            }
+            Err(e) => {
+                let (codec, rect) = (st.codec, st.rect);
+                tracing::warn!(peer = %conn.peer, "{codec} encoder failed: {e}; falling back");
+                self.failed.push(codec);
+                self.end_stream(conn, true);
+                self.start_stream(conn, rect).await;
+                None
+            }
+        }
+    }
+
+    /// Flush what was queued for an update and account for it.
+    async fn send(
+        &mut self,
+        conn: &mut Conn,
+        u: &Update,
+        stream_bytes: Option<usize>,
+    ) -> Result<(), ServerError> {
+        let start = Instant::now();
+        let sent = conn.flush().await?;
+        let now = Instant::now();
+        let s = &self.stats;
+        s.updates_sent.fetch_add(1, Relaxed);
+        s.coalesced_updates.fetch_add(u.coalesced, Relaxed);
+        s.bytes_sent.fetch_add(sent as u64, Relaxed);
+        if let Some(bytes) = stream_bytes {
+            s.stream_frames_sent.fetch_add(1, Relaxed);
+            let age = unix_ms().saturating_sub(u.frame.capture_ms);
+            s.capture_to_send_ms.observe(age as f64);
+            if self
+                .rate
+                .on_sent(now, bytes, now - start, self.frame_period)
+            {
+                tracing::debug!(peer = %conn.peer, "link is full: video target now {} kbit/s", self.rate.target_kbps());
+                self.apply_bitrate(conn);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,497 @@
+//! Stream-or-drawables decisions and codec negotiation. Pure logic: time is passed in.
+//!
+//! The surface is divided into tiles. Each update marks the tiles its damage touches; a tile
+//! that changed in at least `hot_rate` updates per second, over the last `window`, is *hot*.
+//! When the hot tiles' bounding box is large enough it becomes a stream. A stream only grows
+//! (restarted as the union with new hot tiles, at most once per `regrow_interval`, so a
+//! wandering object does not cause a storm of new streams), and stops when nothing inside it
+//! changed for `idle_stop`: the caller then redraws the area losslessly so text is sharp
+//! again. Small or sparse damage never starts a stream.
+
+use std::time::{Duration, Instant};
+
+use scanoutd_types::{Codec, Damage, Rect};
+use spice_proto::consts::{
+    DISPLAY_CAP_CODEC_H264, DISPLAY_CAP_CODEC_H265, DISPLAY_CAP_CODEC_MJPEG, DISPLAY_CAP_CODEC_VP8,
+    DISPLAY_CAP_CODEC_VP9, DISPLAY_CAP_MULTI_CODEC,
+};
+use spice_proto::{Caps, VideoCodec};
+
+/// How the server uses video streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StreamMode {
+    /// Stream regions that change at a sustained rate; drawables for the rest.
+    #[default]
+    Auto,
+    /// Stream the whole surface from the first frame (GPU scanouts that change every frame).
+    FullFrame,
+    /// Never stream.
+    Off,
+}
+
+/// Tuning of the detector. Defaults follow spice-server's order of magnitude (a 96x96 minimum)
+/// but react faster: a stream starts after half a second of sustained change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamTuning {
+    pub tile: u32,
+    pub window: Duration,
+    /// Changes per second for a tile to count as hot.
+    pub hot_rate: f32,
+    /// Smallest stream area in pixels.
+    pub min_area: u64,
+    pub idle_stop: Duration,
+    pub regrow_interval: Duration,
+}
+
+impl Default for StreamTuning {
+    fn default() -> Self {
+        StreamTuning {
+            tile: 32,
+            window: Duration::from_millis(500),
+            hot_rate: 8.0,
+            min_area: 96 * 96,
+            idle_stop: Duration::from_millis(1000),
+            regrow_interval: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// What the caller must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamAction {
+    None,
+    /// Create a stream covering this rectangle.
+    Start(Rect),
+    /// Replace the current stream by one covering this (larger) rectangle.
+    Regrow(Rect),
+    /// Destroy the stream and redraw this rectangle losslessly.
+    Stop(Rect),
+}
+
+struct Active {
+    rect: Rect,
+    last_change: Instant,
+    last_regrow: Instant,
+}
+
+/// One client's detector.
+pub struct StreamPolicy {
+    mode: StreamMode,
+    tuning: StreamTuning,
+    cols: u32,
+    rows: u32,
+    size: (u32, u32),
+    /// Per tile: changes in the current and the previous half-window.
+    cur: Vec<u16>,
+    prev: Vec<u16>,
+    bucket_start: Option<Instant>,
+    /// When the current observation began: nothing is hot before a whole window was seen.
+    observing_since: Option<Instant>,
+    active: Option<Active>,
+}
+
+impl StreamPolicy {
+    pub fn new(mode: StreamMode, tuning: StreamTuning) -> Self {
+        StreamPolicy {
+            mode,
+            tuning,
+            cols: 0,
+            rows: 0,
+            size: (0, 0),
+            cur: Vec::new(),
+            prev: Vec::new(),
+            bucket_start: None,
+            observing_since: None,
+            active: None,
+        }
+    }
+
+    pub fn mode(&self) -> StreamMode {
+        self.mode
+    }
+
+    /// Never stream again (e.g. no encoder works for this client).
+    pub fn disable(&mut self) {
+        self.mode = StreamMode::Off;
+        self.active = None;
+    }
+
+    /// The current stream rectangle.
+    pub fn active(&self) -> Option<Rect> {
+        self.active.as_ref().map(|a| a.rect)
+    }
+
+    /// The surface was (re)created: forget everything.
+    pub fn reset(&mut self, width: u32, height: u32) {
+        let t = self.tuning.tile.max(1);
+        self.size = (width, height);
+        self.cols = width.div_ceil(t);
+        self.rows = height.div_ceil(t);
+        let n = (self.cols * self.rows) as usize;
+        self.cur = vec![0; n];
+        self.prev = vec![0; n];
+        self.bucket_start = None;
+        self.observing_since = None;
+        self.active = None;
+    }
+
+    fn roll(&mut self, now: Instant) {
+        let half = self.tuning.window / 2;
+        match self.bucket_start {
+            None => self.bucket_start = Some(now),
+            Some(start) if now.duration_since(start) >= half => {
+                if now.duration_since(start) >= half * 2 {
+                    self.prev.iter_mut().for_each(|c| *c = 0);
+                } else {
+                    std::mem::swap(&mut self.prev, &mut self.cur);
+                }
+                self.cur.iter_mut().for_each(|c| *c = 0);
+                self.bucket_start = Some(now);
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn hot_box(&self, now: Instant) -> Option<Rect> {
+        let start = self.bucket_start?;
+        if now.duration_since(self.observing_since?) < self.tuning.window {
+            return None;
+        }
+        let span = (now.duration_since(start) + self.tuning.window / 2).as_secs_f32();
+        let need = (self.tuning.hot_rate * span).max(2.0);
+        let t = self.tuning.tile;
+        let mut bb = Rect::default();
+        for row in 0..self.rows {
+            for col in 0..self.cols {
+                let i = (row * self.cols + col) as usize;
+                if f32::from(self.cur[i]) + f32::from(self.prev[i]) >= need {
+                    bb = bb.union(&Rect::new(col * t, row * t, t, t));
+                }
+            }
+        }
+        let bb = bb.clamp_to(self.size.0, self.size.1)?;
+        Some(even(bb, self.size))
+    }
+
+    /// Feed one update's damage; returns what to do before sending it.
+    pub fn on_update(&mut self, now: Instant, damage: &Damage) -> StreamAction {
+        if self.cols == 0 {
+            return StreamAction::None;
+        }
+        match self.mode {
+            StreamMode::Off => return StreamAction::None,
+            StreamMode::FullFrame => {
+                if self.active.is_none() && !damage.is_empty() {
+                    let rect = even(Rect::new(0, 0, self.size.0, self.size.1), self.size);
+                    self.active = Some(Active {
+                        rect,
+                        last_change: now,
+                        last_regrow: now,
+                    });
+                    return StreamAction::Start(rect);
+                }
+                if let Some(a) = &mut self.active {
+                    if !damage.is_empty() {
+                        a.last_change = now;
+                    }
+                }
+                return StreamAction::None;
+            }
+            StreamMode::Auto => {}
+        }
+        self.roll(now);
+        self.observing_since.get_or_insert(now);
+        let t = self.tuning.tile;
+        for r in damage.rects() {
+            let c0 = r.x / t;
+            let r0 = r.y / t;
+            let c1 = r.right().div_ceil(t).min(self.cols);
+            let r1 = r.bottom().div_ceil(t).min(self.rows);
+            for row in r0..r1 {
+                for col in c0..c1 {
+                    let i = (row * self.cols + col) as usize;
+                    self.cur[i] = self.cur[i].saturating_add(1);
+                }
+            }
+        }
+        if let Some(a) = &mut self.active {
+            if damage
+                .rects()
+                .iter()
+                .any(|r| r.intersect(&a.rect).is_some())
+            {
+                a.last_change = now;
+            }
+        }
+        let hot = self.hot_box(now);
+        match (&mut self.active, hot) {
+            (None, Some(bb)) if bb.area() >= self.tuning.min_area => {
+                self.active = Some(Active {
+                    rect: bb,
+                    last_change: now,
+                    last_regrow: now,
+                });
+                StreamAction::Start(bb)
+            }
+            (Some(a), Some(bb))
+                if !a.rect.contains(&bb)
+                    && now.duration_since(a.last_regrow) >= self.tuning.regrow_interval =>
+            {
+                a.rect = even(a.rect.union(&bb), self.size);
+                a.last_regrow = now;
+                a.last_change = now;
+                StreamAction::Regrow(a.rect)
+            }
+            _ => StreamAction::None,
+        }
+    }
+
+    /// Called periodically (and with every update): stops an idle stream.
+    pub fn on_tick(&mut self, now: Instant) -> StreamAction {
+        match &self.active {
+            Some(a) if now.duration_since(a.last_change) >= self.tuning.idle_stop => {
+                let rect = a.rect;
+                self.active = None;
+                // Forget the motion that made it, so it does not restart at once.
+                self.cur.iter_mut().for_each(|c| *c = 0);
+                self.prev.iter_mut().for_each(|c| *c = 0);
+                self.observing_since = None;
+                StreamAction::Stop(rect)
+            }
+            _ => StreamAction::None,
+        }
+    }
+}
+
+/// Round a rectangle outwards to even coordinates and sizes (4:2:0 encoders need them),
+/// staying inside the surface.
+fn even(r: Rect, (w, h): (u32, u32)) -> Rect {
+    let x0 = r.x & !1;
+    let y0 = r.y & !1;
+    let x1 = (r.right() + 1) & !1;
+    let y1 = (r.bottom() + 1) & !1;
+    let x1 = x1.min(w & !1);
+    let y1 = y1.min(h & !1);
+    Rect::new(x0, y0, x1.saturating_sub(x0), y1.saturating_sub(y0))
+}
+
+/// The SPICE codec number of a codec.
+pub fn spice_codec(c: Codec) -> VideoCodec {
+    match c {
+        Codec::Mjpeg => VideoCodec::Mjpeg,
+        Codec::Vp8 => VideoCodec::Vp8,
+        Codec::H264 => VideoCodec::H264,
+        Codec::Vp9 => VideoCodec::Vp9,
+        Codec::H265 => VideoCodec::H265,
+    }
+}
+
+fn client_decodes(c: Codec, caps: &Caps) -> bool {
+    if !caps.has(DISPLAY_CAP_MULTI_CODEC) {
+        // Old clients know only MJPEG.
+        return c == Codec::Mjpeg;
+    }
+    let bit = match c {
+        Codec::Mjpeg => DISPLAY_CAP_CODEC_MJPEG,
+        Codec::Vp8 => DISPLAY_CAP_CODEC_VP8,
+        Codec::H264 => DISPLAY_CAP_CODEC_H264,
+        Codec::Vp9 => DISPLAY_CAP_CODEC_VP9,
+        Codec::H265 => DISPLAY_CAP_CODEC_H265,
+    };
+    caps.has(bit)
+}
+
+/// Codecs to try for a client, best first: the server's order (already restricted by
+/// `--codec` and to what can be encoded here), reordered by the client's
+/// PREFERRED_VIDEO_CODEC_TYPE list if it sent one, and kept only where the client can decode.
+pub fn codec_candidates(
+    server_order: &[Codec],
+    client_caps: &Caps,
+    client_pref: &[u8],
+) -> Vec<Codec> {
+    let mut out: Vec<Codec> = Vec::new();
+    for &p in client_pref {
+        if let Some(c) = server_order
+            .iter()
+            .copied()
+            .find(|c| spice_codec(*c) as u8 == p)
+        {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+    }
+    for &c in server_order {
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out.retain(|c| client_decodes(*c, client_caps));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dmg(rects: &[Rect]) -> Damage {
+        let mut d = Damage::new();
+        for r in rects {
+            d.add(*r);
+        }
+        d
+    }
+
+    fn policy() -> StreamPolicy {
+        let mut p = StreamPolicy::new(StreamMode::Auto, StreamTuning::default());
+        p.reset(1280, 720);
+        p
+    }
+
+    #[test]
+    fn sustained_large_motion_starts_a_stream_then_stops_when_idle() {
+        let mut p = policy();
+        let t0 = Instant::now();
+        let video = Rect::new(300, 200, 320, 240);
+        let mut started = None;
+        for i in 0..60u32 {
+            let now = t0 + Duration::from_millis(16 * u64::from(i));
+            if let StreamAction::Start(r) = p.on_update(now, &dmg(&[video])) {
+                started = Some((i, r));
+                break;
+            }
+        }
+        let (frame, r) = started.expect("a stream starts");
+        assert!(frame >= 10, "not on the first frames ({frame})");
+        assert!(r.contains(&video), "{r:?} covers the video");
+        assert!(
+            r.area() < video.area() * 2,
+            "{r:?} is not much larger than the video"
+        );
+        assert!(r.x % 2 == 0 && r.w % 2 == 0 && r.h % 2 == 0);
+        // Still moving: nothing to do.
+        let t1 = t0 + Duration::from_millis(16 * 61);
+        assert_eq!(p.on_update(t1, &dmg(&[video])), StreamAction::None);
+        assert_eq!(
+            p.on_tick(t1 + Duration::from_millis(500)),
+            StreamAction::None
+        );
+        // Motion stops: after idle_stop the stream ends with a lossless redraw of its area.
+        assert_eq!(
+            p.on_tick(t1 + Duration::from_millis(1000)),
+            StreamAction::Stop(r)
+        );
+        assert_eq!(p.active(), None);
+    }
+
+    #[test]
+    fn small_or_sparse_damage_stays_drawables() {
+        let mut p = policy();
+        let t0 = Instant::now();
+        // A cursor-sized change every frame.
+        for i in 0..120u32 {
+            let now = t0 + Duration::from_millis(16 * u64::from(i));
+            assert_eq!(
+                p.on_update(now, &dmg(&[Rect::new(10, 40, 40, 40)])),
+                StreamAction::None
+            );
+        }
+        // A large change twice a second (typing into a big window, a clock).
+        let mut p = policy();
+        for i in 0..20u32 {
+            let now = t0 + Duration::from_millis(500 * u64::from(i));
+            assert_eq!(
+                p.on_update(now, &dmg(&[Rect::new(0, 100, 800, 400)])),
+                StreamAction::None
+            );
+        }
+    }
+
+    #[test]
+    fn a_wandering_object_grows_the_stream_at_most_once_a_second() {
+        let mut p = policy();
+        let t0 = Instant::now();
+        let mut actions = Vec::new();
+        for i in 0..300u32 {
+            let now = t0 + Duration::from_millis(16 * u64::from(i));
+            let x = 100 + i * 2;
+            let a = p.on_update(now, &dmg(&[Rect::new(x, 300, 200, 150)]));
+            if a != StreamAction::None {
+                actions.push((now.duration_since(t0), a));
+            }
+        }
+        assert!(matches!(actions[0].1, StreamAction::Start(_)));
+        let regrows: Vec<_> = actions
+            .iter()
+            .filter(|(_, a)| matches!(a, StreamAction::Regrow(_)))
+            .collect();
+        assert!(!regrows.is_empty(), "the stream follows the object");
+        for w in regrows.windows(2) {
+            assert!(w[1].0 - w[0].0 >= Duration::from_millis(1000));
+        }
+        let last = p.active().unwrap();
+        assert!(last.contains(&Rect::new(100 + 250 * 2, 300, 200, 150)));
+    }
+
+    #[test]
+    fn full_frame_mode_streams_from_the_first_frame() {
+        let mut p = StreamPolicy::new(StreamMode::FullFrame, StreamTuning::default());
+        p.reset(1279, 721);
+        let a = p.on_update(Instant::now(), &dmg(&[Rect::new(0, 0, 1, 1)]));
+        assert_eq!(a, StreamAction::Start(Rect::new(0, 0, 1278, 720)));
+        let mut off = StreamPolicy::new(StreamMode::Off, StreamTuning::default());
+        off.reset(640, 480);
+        assert_eq!(
+            off.on_update(Instant::now(), &Damage::full(640, 480)),
+            StreamAction::None
+        );
+    }
+
+    fn caps(bits: &[u32]) -> Caps {
+        Caps::from_bits(bits)
+    }
+
+    #[test]
+    fn codec_negotiation_matrix() {
+        let server = [
+            Codec::H264,
+            Codec::Vp8,
+            Codec::Vp9,
+            Codec::H265,
+            Codec::Mjpeg,
+        ];
+        // spice-gtk 0.42 with gstreamer1.0-libav: everything.
+        let all = caps(&[8, 9, 10, 11, 13, 14]);
+        assert_eq!(codec_candidates(&server, &all, &[]), server.to_vec());
+        // Without libav: no H.264/H.265.
+        let no_libav = caps(&[8, 9, 10, 13]);
+        assert_eq!(
+            codec_candidates(&server, &no_libav, &[]),
+            vec![Codec::Vp8, Codec::Vp9, Codec::Mjpeg]
+        );
+        // An old client without MULTI_CODEC gets MJPEG only, whatever it claims.
+        assert_eq!(
+            codec_candidates(&server, &caps(&[9, 11]), &[]),
+            vec![Codec::Mjpeg]
+        );
+        // The client's preference (VP9, then MJPEG) comes first.
+        assert_eq!(
+            codec_candidates(&server, &all, &[4, 1]),
+            vec![
+                Codec::Vp9,
+                Codec::Mjpeg,
+                Codec::H264,
+                Codec::Vp8,
+                Codec::H265
+            ]
+        );
+        // --codec vp8 on the server: only VP8, and nothing if the client cannot decode it.
+        assert_eq!(
+            codec_candidates(&[Codec::Vp8], &all, &[3]),
+            vec![Codec::Vp8]
+        );
+        assert!(codec_candidates(&[Codec::Vp8], &caps(&[8, 9, 11]), &[]).is_empty());
+        // Nothing encodable on the server.
+        assert!(codec_candidates(&[], &all, &[3]).is_empty());
+    }
+}

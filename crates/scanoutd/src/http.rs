@@ -13,7 +13,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 const MAX_REQUEST: usize = 8 * 1024;
 
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, bus: FrameBus) {
+/// Serve until the task is aborted. `source_start_unix_ms` is exported so a frame can be
+/// re-rendered from its timestamp strip.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    bus: FrameBus,
+    source_start_unix_ms: u64,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -26,8 +33,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, bus: FrameBus) 
         let metrics = Arc::clone(&metrics);
         let bus = bus.clone();
         tokio::spawn(async move {
-            let r =
-                tokio::time::timeout(Duration::from_secs(10), handle(stream, &metrics, &bus)).await;
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                handle(stream, &metrics, &bus, source_start_unix_ms),
+            )
+            .await;
             match r {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(%peer, "metrics request: {e}"),
@@ -37,7 +47,12 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, bus: FrameBus) 
     }
 }
 
-async fn handle(mut stream: TcpStream, metrics: &Metrics, bus: &FrameBus) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    bus: &FrameBus,
+    start_ms: u64,
+) -> std::io::Result<()> {
     let mut req = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !req.windows(4).any(|w| w == b"\r\n\r\n") && !req.windows(2).any(|w| w == b"\n\n") {
@@ -78,6 +93,9 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics, bus: &FrameBus) -> std
             );
             let _ = writeln!(body, "# TYPE scanoutd_frames_produced_total counter");
             let _ = writeln!(body, "scanoutd_frames_produced_total {}", bus.published());
+            let _ = writeln!(body, "# HELP scanoutd_source_start_unix_ms When the source's animation clock was 0 (Unix ms).");
+            let _ = writeln!(body, "# TYPE scanoutd_source_start_unix_ms gauge");
+            let _ = writeln!(body, "scanoutd_source_start_unix_ms {start_ms}");
             metrics.render(&mut body);
             respond(
                 &mut stream,
@@ -89,14 +107,7 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics, bus: &FrameBus) -> std
         }
         "/snapshot.ppm" => match bus.latest() {
             Some(f) => {
-                let mut body = format!("P6\n{} {}\n255\n", f.width, f.height).into_bytes();
-                body.reserve(f.width as usize * f.height as usize * 3);
-                for y in 0..f.height as usize {
-                    let row = &f.data[y * f.stride..y * f.stride + f.width as usize * 4];
-                    for px in row.chunks_exact(4) {
-                        body.extend_from_slice(&[px[2], px[1], px[0]]);
-                    }
-                }
+                let body = ppm(&f);
                 respond(&mut stream, "200 OK", "image/x-portable-pixmap", &body).await
             }
             None => {
@@ -135,4 +146,17 @@ async fn respond(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body).await?;
     stream.shutdown().await
+}
+
+/// A binary PPM (P6) of a BGRx frame.
+pub fn ppm(f: &scanoutd_types::Frame) -> Vec<u8> {
+    let mut body = format!("P6\n{} {}\n255\n", f.width, f.height).into_bytes();
+    body.reserve(f.width as usize * f.height as usize * 3);
+    for y in 0..f.height as usize {
+        let row = &f.data[y * f.stride..y * f.stride + f.width as usize * 4];
+        for px in row.chunks_exact(4) {
+            body.extend_from_slice(&[px[2], px[1], px[0]]);
+        }
+    }
+    body
 }

@@ -33,6 +33,28 @@ struct Cli {
 enum Command {
     /// Serve a display source to SPICE clients until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Render one demo frame to a PPM file: exactly the picture `serve` produced at capture
+    /// time UNIX_MS when its animation started at START_UNIX_MS (exported as the metric
+    /// scanoutd_source_start_unix_ms), assuming no input. Used to compare what a client shows
+    /// with the source.
+    RenderDemo(RenderArgs),
+}
+
+#[derive(Args, Debug)]
+struct RenderArgs {
+    #[arg(long, default_value = "1280x720", value_parser = parse_size, value_name = "WxH")]
+    size: (u32, u32),
+    #[arg(long, value_enum, default_value_t = SceneArg::Motion)]
+    scene: SceneArg,
+    /// When the source's animation clock was 0, Unix milliseconds.
+    #[arg(long)]
+    start_unix_ms: u64,
+    /// The frame's capture time, Unix milliseconds (at or after --start-unix-ms).
+    #[arg(long)]
+    unix_ms: u64,
+    /// Output file (binary PPM).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -146,10 +168,7 @@ fn ticketing(args: &ServeArgs) -> Result<Ticketing> {
 async fn serve(args: ServeArgs) -> Result<()> {
     let ticketing = ticketing(&args)?;
     let (width, height) = args.size;
-    let scene = match args.scene {
-        SceneArg::Motion => Scene::Motion,
-        SceneArg::Still => Scene::Still,
-    };
+    let scene = scene_of(args.scene);
     let bus = FrameBus::new();
     let demo = source::DemoRunner::start(width, height, scene, args.fps, bus.clone())
         .context("starting the demo source")?;
@@ -186,6 +205,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 l,
                 Arc::clone(&metrics),
                 bus.clone(),
+                demo.start_unix_ms,
             )))
         }
         None => None,
@@ -223,6 +243,31 @@ async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+fn render_demo(args: RenderArgs) -> Result<()> {
+    let (width, height) = args.size;
+    if args.unix_ms < args.start_unix_ms {
+        bail!("--unix-ms is before --start-unix-ms");
+    }
+    let mut demo = scanoutd_demo::DemoSource::new(scanoutd_demo::DemoConfig {
+        width,
+        height,
+        scene: scene_of(args.scene),
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut frame = scanoutd_types::Frame::new(width, height);
+    demo.render(&mut frame, args.unix_ms - args.start_unix_ms, args.unix_ms);
+    std::fs::write(&args.out, http::ppm(&frame))
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    Ok(())
+}
+
+fn scene_of(s: SceneArg) -> Scene {
+    match s {
+        SceneArg::Motion => Scene::Motion,
+        SceneArg::Still => Scene::Still,
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -233,5 +278,6 @@ fn main() -> Result<()> {
         .context("starting the tokio runtime")?;
     match cli.command {
         Command::Serve(args) => rt.block_on(serve(args)),
+        Command::RenderDemo(args) => render_demo(args),
     }
 }

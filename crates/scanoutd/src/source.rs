@@ -11,6 +11,9 @@ use scanoutd_ring::FrameBus;
 use scanoutd_types::{Frame, InputSink};
 
 pub struct DemoRunner {
+    /// Unix ms at which the animation clock is 0: frame `t_ms` = capture time − this, so any
+    /// frame can be re-rendered from its timestamp strip (`scanoutd render-demo`).
+    pub start_unix_ms: u64,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
     input: Arc<dyn InputSink>,
@@ -36,6 +39,7 @@ impl DemoRunner {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
         let period = Duration::from_secs_f64(1.0 / f64::from(fps.max(1)));
+        let start_unix_ms = unix_ms();
         let thread = std::thread::Builder::new()
             .name("demo-source".into())
             .spawn(move || {
@@ -43,10 +47,11 @@ impl DemoRunner {
                 let mut frame = Arc::new(Frame::new(width, height));
                 let mut next = start;
                 while !stop2.load(Ordering::Relaxed) {
-                    let t_ms = start.elapsed().as_millis() as u64;
+                    let now_ms = unix_ms().max(start_unix_ms);
                     // Copy-on-write: clones the previous picture only while the bus (or a
                     // client still encoding it) holds a reference.
-                    let damage = demo.render(Arc::make_mut(&mut frame), t_ms, unix_ms());
+                    let damage =
+                        demo.render(Arc::make_mut(&mut frame), now_ms - start_unix_ms, now_ms);
                     if !damage.is_empty() {
                         bus.publish(Arc::clone(&frame), &damage);
                     }
@@ -62,6 +67,7 @@ impl DemoRunner {
             })
             .context("spawning the demo thread")?;
         Ok(DemoRunner {
+            start_unix_ms,
             stop,
             thread: Mutex::new(Some(thread)),
             input,

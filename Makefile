@@ -33,7 +33,7 @@ test-rust:
 
 # End-to-end tests with the real spice-gtk client library and remote-viewer.
 test-e2e: build
-	SCANOUTD_BIN=$(CURDIR)/target/debug/scanoutd $(PYTHON) -m pytest -v -rs tests/e2e
+	SCANOUTD_BIN=$(CURDIR)/target/debug/scanoutd $(PYTHON) -m pytest -v -rsP tests/e2e
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -9,7 +9,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use scanoutd_demo::Scene;
 use scanoutd_ring::FrameBus;
-use spice_server::{Compression, Metrics, ServerConfig, SpiceServer, Ticketing};
+use scanoutd_types::{Codec, EncoderFactory, NoEncoders};
+use spice_server::{
+    Compression, Metrics, RateLimits, ServerConfig, SpiceServer, StreamMode, Ticketing,
+};
 use tokio::net::TcpListener;
 
 mod http;
@@ -79,6 +82,27 @@ enum CompressionArg {
     Off,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CodecArg {
+    /// The best codec each client can decode (H.264, then VP8, VP9, H.265, MJPEG).
+    Auto,
+    H264,
+    H265,
+    Vp8,
+    Vp9,
+    Mjpeg,
+    /// No video streams: everything goes out as lossless drawables.
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StreamModeArg {
+    /// Stream regions that keep changing; send the rest as drawables.
+    Auto,
+    /// Stream the whole display from the first frame (for sources that change everywhere).
+    FullFrame,
+}
+
 #[derive(Args, Debug)]
 struct ServeArgs {
     /// Address and port to accept SPICE clients on.
@@ -116,6 +140,67 @@ struct ServeArgs {
     /// Image compression for display updates.
     #[arg(long, value_enum, default_value_t = CompressionArg::Auto)]
     compression: CompressionArg,
+    /// Video codec for streams.
+    #[arg(long, value_enum, default_value_t = CodecArg::Auto)]
+    codec: CodecArg,
+    /// When to use video streams.
+    #[arg(long, value_enum, default_value_t = StreamModeArg::Auto)]
+    stream_mode: StreamModeArg,
+    /// Starting video bitrate per client, kbit/s (rate control moves it between the limits).
+    #[arg(long, default_value_t = 8000, value_name = "KBPS")]
+    bitrate: u32,
+    /// Lowest video bitrate per client, kbit/s.
+    #[arg(long, default_value_t = 300, value_name = "KBPS")]
+    min_bitrate: u32,
+    /// Highest video bitrate per client, kbit/s.
+    #[arg(long, default_value_t = 20000, value_name = "KBPS")]
+    max_bitrate: u32,
+    /// How long after capture a client shows a frame, ms (SPICE's multimedia-time margin):
+    /// small keeps latency low; it must cover encode plus network time.
+    #[arg(long, default_value_t = 20, value_name = "MS")]
+    mm_time_margin: u32,
+    /// Directory of encoder pipeline TOML files overriding or adding to the built-in ones.
+    #[arg(long, value_name = "DIR")]
+    pipelines: Option<PathBuf>,
+}
+
+/// Probe the encoders (unless streams are off) and say what was found.
+fn encoders(args: &ServeArgs) -> Result<(Arc<dyn EncoderFactory>, Vec<Codec>)> {
+    let wanted: Vec<Codec> = match args.codec {
+        CodecArg::Off => return Ok((Arc::new(NoEncoders), Vec::new())),
+        CodecArg::Auto => Codec::ALL.to_vec(),
+        CodecArg::H264 => vec![Codec::H264],
+        CodecArg::H265 => vec![Codec::H265],
+        CodecArg::Vp8 => vec![Codec::Vp8],
+        CodecArg::Vp9 => vec![Codec::Vp9],
+        CodecArg::Mjpeg => vec![Codec::Mjpeg],
+    };
+    let specs = scanoutd_encode::load_specs(args.pipelines.as_deref())
+        .context("loading encoder pipelines")?;
+    tracing::info!(
+        "probing {} encoder pipelines (a one-frame test encode each)…",
+        specs.len()
+    );
+    let factory =
+        scanoutd_encode::GstEncoderFactory::discover(&specs).context("starting GStreamer")?;
+    let have = factory.codecs();
+    let codecs: Vec<Codec> = wanted.into_iter().filter(|c| have.contains(c)).collect();
+    if codecs.is_empty() {
+        bail!(
+            "no usable encoder for --codec {:?} (available codecs: {}); run scripts/install-deps, or pass --codec off",
+            args.codec,
+            if have.is_empty() { "none".to_string() } else { have.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ") }
+        );
+    }
+    tracing::info!(
+        "video codecs in order of preference: {}",
+        codecs
+            .iter()
+            .map(|c| c.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok((Arc::new(factory), codecs))
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
@@ -169,6 +254,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let ticketing = ticketing(&args)?;
     let (width, height) = args.size;
     let scene = scene_of(args.scene);
+    if args.min_bitrate > args.max_bitrate || args.min_bitrate == 0 {
+        bail!("--min-bitrate must be at least 1 and at most --max-bitrate");
+    }
+    let (encoders, codecs) = encoders(&args)?;
     let bus = FrameBus::new();
     let demo = source::DemoRunner::start(width, height, scene, args.fps, bus.clone())
         .context("starting the demo source")?;
@@ -181,6 +270,19 @@ async fn serve(args: ServeArgs) -> Result<()> {
             CompressionArg::Auto => Compression::Auto,
             CompressionArg::Off => Compression::Off,
         },
+        stream_mode: match (args.codec, args.stream_mode) {
+            (CodecArg::Off, _) => StreamMode::Off,
+            (_, StreamModeArg::Auto) => StreamMode::Auto,
+            (_, StreamModeArg::FullFrame) => StreamMode::FullFrame,
+        },
+        codecs,
+        rate: RateLimits {
+            start_kbps: args.bitrate.clamp(args.min_bitrate, args.max_bitrate),
+            min_kbps: args.min_bitrate,
+            max_kbps: args.max_bitrate,
+        },
+        source_fps: args.fps,
+        mm_time_margin_ms: args.mm_time_margin,
         ..ServerConfig::default()
     };
     let metrics = Metrics::new();
@@ -191,7 +293,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         cfg,
         bus.clone(),
         demo.input_sink(),
-        Arc::new(scanoutd_types::NoEncoders),
+        encoders,
         Arc::clone(&metrics),
     );
 

@@ -267,7 +267,7 @@ impl Metrics {
             );
         }
         let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let per_client: [(&str, &str, StatGetter); 3] = [
+        let per_client: [(&str, &str, StatGetter); 6] = [
             (
                 "scanoutd_client_updates_sent_total",
                 "Display updates sent to a client.",
@@ -275,13 +275,28 @@ impl Metrics {
             ),
             (
                 "scanoutd_client_coalesced_updates_total",
-                "Frames merged into later updates because a client was busy.",
+                "Frames dropped before encoding or sending: superseded by a newer frame while the client was busy or over its budget.",
                 |s| s.coalesced_updates.load(Relaxed),
             ),
             (
                 "scanoutd_client_display_bytes_total",
                 "Display-channel bytes sent to a client.",
                 |s| s.bytes_sent.load(Relaxed),
+            ),
+            (
+                "scanoutd_client_frames_encoded_total",
+                "Video frames encoded for a client.",
+                |s| s.frames_encoded.load(Relaxed),
+            ),
+            (
+                "scanoutd_client_stream_frames_sent_total",
+                "Video frames (STREAM_DATA) sent to a client.",
+                |s| s.stream_frames_sent.load(Relaxed),
+            ),
+            (
+                "scanoutd_client_bitrate_kbps",
+                "Current video bitrate target of a client (0 without a stream).",
+                |s| s.bitrate_kbps.load(Relaxed),
             ),
         ];
         for (name, help, get) in per_client {

@@ -40,6 +40,15 @@ impl Codec {
     }
 }
 
+impl std::str::FromStr for Codec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Codec::from_name(s)
+            .ok_or_else(|| format!("unknown codec {s:?} (expected h264, h265, vp8, vp9 or mjpeg)"))
+    }
+}
+
 impl fmt::Display for Codec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -1,12 +1,19 @@
 //! Latest-wins frame distribution between one source and many clients.
 //!
-//! [`FrameBus`] holds the newest frame a source published. Every client owns a
-//! [`Subscriber`]; publishing never waits for any of them. Instead each subscriber
-//! accumulates the damage of every frame it has not taken yet, so a client that reads slowly
-//! gets fewer, larger updates of the newest content: nothing queues up, and memory per client
-//! is one bounded [`Damage`] list plus a reference to the newest frame.
+//! [`FrameBus`] keeps the source's frames in a small ring of recycled slots (2–3 by default)
+//! and fans them out to [`Subscriber`]s:
 //!
-//! (The 2–3 slot encoder ring of the video path will live here too.)
+//! - **The producer never blocks.** [`FrameBus::try_write`] renders into a free slot (one that
+//!   is neither the newest frame nor held by a reader), starting from a copy of the newest
+//!   picture so sources can draw incrementally. Only when every slot is held does it drop the
+//!   frame, and it counts that ([`RingStats::dropped_ring_full`]). Slots are reused: memory
+//!   is `slots x frame size`, whatever the clients do.
+//! - **Readers hold a slot only while they copy from it.** An [`Update`] carries an
+//!   `Arc<Frame>`: the `Arc` is the RAII guard that keeps its slot from being rewritten, and
+//!   dropping it frees the slot.
+//! - **Each subscriber accumulates the damage** of every frame it has not taken yet, so a
+//!   client that is busy or over its send budget takes fewer, newer updates: the frames it
+//!   skipped were dropped before any encoding (counted per client as coalesced).
 #![forbid(unsafe_code)]
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -14,14 +21,20 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use scanoutd_types::{Damage, Frame};
 use tokio::sync::Notify;
 
+/// Slots in a bus made with [`FrameBus::new`]: one being written, the newest, and one a
+/// reader may still be copying from.
+pub const DEFAULT_SLOTS: usize = 3;
+
 /// What a subscriber takes: the newest frame and everything that changed since its last take.
 #[derive(Debug, Clone)]
 pub struct Update {
+    /// The newest frame. Holding it pins its ring slot: drop it as soon as its pixels are
+    /// copied out.
     pub frame: Arc<Frame>,
     /// Union of the damage of every frame published since the last take, clamped to the frame.
     pub damage: Damage,
     /// How many published frames were merged into this update beyond the first (0 when the
-    /// subscriber kept up).
+    /// subscriber kept up): frames dropped before encoding because a newer one superseded them.
     pub coalesced: u64,
     /// The frame size changed since the last take (or this is the first take): the whole
     /// surface must be re-created.
@@ -41,11 +54,28 @@ struct SubShared {
     notify: Notify,
 }
 
-#[derive(Default)]
+/// Counters of the ring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingStats {
+    /// Frames published.
+    pub published: u64,
+    /// Frames the producer could not write because every slot was held by readers.
+    pub dropped_ring_full: u64,
+    /// Renders that changed nothing (not published).
+    pub unchanged: u64,
+}
+
 struct BusState {
-    latest: Option<Arc<Frame>>,
+    /// `None` while the producer has that slot out for writing.
+    slots: Vec<Option<Arc<Frame>>>,
+    /// Which published picture each slot's pixels equal (to skip copying what is already
+    /// there, e.g. every tick of a source whose picture does not change).
+    versions: Vec<u64>,
+    /// Bumped on every publish; the newest frame's version.
+    version: u64,
+    latest: Option<usize>,
     subscribers: Vec<Weak<SubShared>>,
-    published: u64,
+    stats: RingStats,
     closed: bool,
 }
 
@@ -55,56 +85,170 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What [`FrameBus::try_write`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Published,
+    /// The render reported no damage; nothing was published.
+    Unchanged,
+    /// Every slot is held by a reader; the render was not called. Nothing is lost for a
+    /// source that renders by time or keeps its own changes: its next write includes them.
+    RingFull,
+}
+
 /// One source's frames, fanned out to any number of subscribers. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct FrameBus {
     state: Arc<Mutex<BusState>>,
 }
 
+impl Default for FrameBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FrameBus {
+    /// A bus with [`DEFAULT_SLOTS`] slots.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_slots(DEFAULT_SLOTS)
     }
 
-    /// Publish a new frame with the damage relative to the previous one. Never blocks on
-    /// subscribers: it merges the damage into each one's pending set and wakes it.
-    pub fn publish(&self, frame: Arc<Frame>, damage: &Damage) {
+    /// A bus with `slots` slots (at least 2: one to write while another is the newest).
+    pub fn with_slots(slots: usize) -> Self {
+        let n = slots.max(2);
+        FrameBus {
+            state: Arc::new(Mutex::new(BusState {
+                slots: (0..n).map(|_| Some(Arc::new(Frame::new(0, 0)))).collect(),
+                versions: vec![0; n],
+                version: 0,
+                latest: None,
+                subscribers: Vec::new(),
+                stats: RingStats::default(),
+                closed: false,
+            })),
+        }
+    }
+
+    /// Render a new frame into a free slot without ever waiting for a reader.
+    ///
+    /// `render` gets a `width` x `height` frame holding a copy of the newest picture (or a
+    /// black frame after a size change or at the start) and returns what it changed. The
+    /// frame is then published, and the damage merged into every subscriber's pending set.
+    pub fn try_write(
+        &self,
+        width: u32,
+        height: u32,
+        render: impl FnOnce(&mut Frame) -> Damage,
+    ) -> WriteOutcome {
+        // Take a free slot out of the ring (so it can be written without the lock held).
+        let (idx, mut slot, latest) = {
+            let mut st = lock(&self.state);
+            let latest_idx = st.latest;
+            let free = st.slots.iter().enumerate().position(|(i, s)| {
+                Some(i) != latest_idx && s.as_ref().is_some_and(|a| Arc::strong_count(a) == 1)
+            });
+            let Some(i) = free else {
+                st.stats.dropped_ring_full += 1;
+                return WriteOutcome::RingFull;
+            };
+            let slot = st.slots[i].take().expect("free slot is present");
+            let in_sync = st.versions[i] == st.version;
+            let latest = latest_idx.and_then(|l| st.slots[l].clone());
+            (i, slot, latest.map(|l| (l, in_sync)))
+        };
+        let frame = Arc::get_mut(&mut slot).expect("a free slot has no other holder");
+        let resized = match &latest {
+            Some((l, in_sync)) if l.width == width && l.height == height => {
+                if !in_sync {
+                    frame.clone_from(l);
+                }
+                false
+            }
+            _ => {
+                if frame.width != width || frame.height != height {
+                    *frame = Frame::new(width, height);
+                } else {
+                    frame.data.fill(0);
+                }
+                frame.seq = 0;
+                true
+            }
+        };
+        drop(latest);
+        let mut damage = render(frame);
+        if resized {
+            damage = Damage::full(width, height);
+        }
         let mut st = lock(&self.state);
-        let resized = st
-            .latest
-            .as_ref()
-            .is_some_and(|old| old.width != frame.width || old.height != frame.height);
-        let (w, h) = (frame.width, frame.height);
-        st.latest = Some(frame);
-        st.published += 1;
+        st.slots[idx] = Some(slot);
+        if damage.is_empty() {
+            // No pixel changed: the slot still equals the newest picture (when it did before).
+            if resized {
+                st.versions[idx] = u64::MAX;
+            } else {
+                st.versions[idx] = st.version;
+            }
+            st.stats.unchanged += 1;
+            return WriteOutcome::Unchanged;
+        }
+        let size_changed = st.latest.is_some() && resized;
+        st.version += 1;
+        st.versions[idx] = st.version;
+        st.latest = Some(idx);
+        st.stats.published += 1;
         st.subscribers.retain(|weak| {
             let Some(sub) = weak.upgrade() else {
                 return false;
             };
             {
                 let mut p = lock(&sub.pending);
-                if resized {
+                if size_changed {
                     p.resized = true;
-                    p.damage = Damage::full(w, h);
+                    p.damage = Damage::full(width, height);
                 } else {
-                    p.damage.merge(damage);
-                    p.damage.clamp_to(w, h);
+                    p.damage.merge(&damage);
+                    p.damage.clamp_to(width, height);
                 }
                 p.frames += 1;
             }
             sub.notify.notify_one();
             true
         });
+        WriteOutcome::Published
     }
 
-    /// The newest frame, if any was published.
+    /// Publish a complete frame (copied into a slot). For tests and sources that hand over
+    /// whole pictures: when every slot is held it retries for up to a second (readers hold
+    /// slots for milliseconds), so prefer [`FrameBus::try_write`] on a path that must never
+    /// wait.
+    pub fn publish(&self, frame: Arc<Frame>, damage: &Damage) -> WriteOutcome {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            let r = self.try_write(frame.width, frame.height, |dst| {
+                dst.clone_from(&frame);
+                damage.clone()
+            });
+            if r != WriteOutcome::RingFull || std::time::Instant::now() >= deadline {
+                return r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// The newest frame, if any was published. Holding it pins its slot.
     pub fn latest(&self) -> Option<Arc<Frame>> {
-        lock(&self.state).latest.clone()
+        let st = lock(&self.state);
+        st.latest.and_then(|l| st.slots[l].clone())
     }
 
     /// Frames published so far.
     pub fn published(&self) -> u64 {
-        lock(&self.state).published
+        lock(&self.state).stats.published
+    }
+
+    pub fn stats(&self) -> RingStats {
+        lock(&self.state).stats
     }
 
     /// Live subscribers.
@@ -122,7 +266,7 @@ impl FrameBus {
             closed: st.closed,
             ..Pending::default()
         };
-        if let Some(f) = &st.latest {
+        if let Some(f) = st.latest.and_then(|l| st.slots[l].as_ref()) {
             pending.damage = Damage::full(f.width, f.height);
             pending.frames = 1;
         }
@@ -164,7 +308,7 @@ impl Subscriber {
         if p.frames == 0 {
             return None;
         }
-        let frame = st.latest.clone()?;
+        let frame = st.latest.and_then(|l| st.slots[l].clone())?;
         drop(st);
         let coalesced = p.frames - 1;
         p.frames = 0;
@@ -182,7 +326,10 @@ impl Subscriber {
     /// Mark everything as damaged, so the next update repaints the whole frame (for example
     /// after the client lost its surface).
     pub fn invalidate(&self) {
-        let latest = lock(&self.state).latest.clone();
+        let latest = {
+            let st = lock(&self.state);
+            st.latest.and_then(|l| st.slots[l].clone())
+        };
         if let Some(f) = latest {
             let mut p = lock(&self.sub.pending);
             p.damage = Damage::full(f.width, f.height);
@@ -348,5 +495,132 @@ mod tests {
             seen.iter().all(|s| *s),
             "a damaged column was never reported"
         );
+    }
+
+    fn fill(f: &mut Frame, v: u8) {
+        f.data.fill(v);
+    }
+
+    #[test]
+    fn producer_never_waits_when_every_slot_is_held() {
+        let bus = FrameBus::with_slots(3);
+        let mut held = Vec::new();
+        for v in 1..=3u8 {
+            assert_eq!(
+                bus.try_write(8, 8, |f| {
+                    fill(f, v);
+                    Damage::full(8, 8)
+                }),
+                WriteOutcome::Published
+            );
+            held.push(bus.latest().unwrap());
+        }
+        // Three readers hold three different frames: no slot is free.
+        let mut called = false;
+        let r = bus.try_write(8, 8, |_| {
+            called = true;
+            Damage::full(8, 8)
+        });
+        assert_eq!(r, WriteOutcome::RingFull);
+        assert!(
+            !called,
+            "the render is not run when it could not be published"
+        );
+        assert_eq!(bus.stats().dropped_ring_full, 1);
+        // Held frames were never rewritten.
+        for (i, f) in held.iter().enumerate() {
+            assert!(f.data.iter().all(|b| *b == i as u8 + 1));
+        }
+        // Releasing one old frame frees its slot.
+        held.remove(0);
+        assert_eq!(
+            bus.try_write(8, 8, |f| {
+                fill(f, 9);
+                Damage::full(8, 8)
+            }),
+            WriteOutcome::Published
+        );
+    }
+
+    #[test]
+    fn slots_are_recycled_and_renders_start_from_the_newest_picture() {
+        let bus = FrameBus::new();
+        let mut ptrs = std::collections::HashSet::new();
+        for i in 0..1000u32 {
+            let r = bus.try_write(64, 4, |f| {
+                // Incremental: the previous write's pixel is still there.
+                if i > 0 {
+                    assert_eq!(
+                        f.data[((i - 1) % 256) as usize],
+                        1,
+                        "write {i} lost the previous picture"
+                    );
+                }
+                f.data[(i % 256) as usize] = 1;
+                let mut d = Damage::new();
+                d.add(Rect::new(i % 64, 0, 1, 1));
+                d
+            });
+            assert_eq!(r, WriteOutcome::Published);
+            ptrs.insert(bus.latest().unwrap().data.as_ptr() as usize);
+        }
+        assert!(
+            ptrs.len() <= DEFAULT_SLOTS,
+            "{} buffers for 1000 frames",
+            ptrs.len()
+        );
+        assert_eq!(bus.stats().published, 1000);
+    }
+
+    #[test]
+    fn empty_damage_publishes_nothing() {
+        let bus = FrameBus::new();
+        let sub = bus.subscribe();
+        bus.try_write(8, 8, |_| Damage::full(8, 8));
+        let _ = sub.try_next();
+        assert_eq!(
+            bus.try_write(8, 8, |_| Damage::new()),
+            WriteOutcome::Unchanged
+        );
+        assert!(sub.try_next().is_none());
+        assert_eq!(bus.stats().unchanged, 1);
+    }
+
+    #[test]
+    fn concurrent_readers_never_see_a_torn_frame() {
+        let bus = FrameBus::new();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut readers = Vec::new();
+        for _ in 0..4 {
+            let sub = bus.subscribe();
+            let stop = stop.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut seen = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Some(u) = sub.try_next() {
+                        let v = u.frame.data[0];
+                        assert!(u.frame.data.iter().all(|b| *b == v), "torn frame");
+                        seen += 1;
+                    }
+                    std::thread::yield_now();
+                }
+                seen
+            }));
+        }
+        let mut full = 0;
+        for i in 0..5000u32 {
+            if bus.try_write(64, 64, |f| {
+                fill(f, (i % 251) as u8);
+                Damage::full(64, 64)
+            }) == WriteOutcome::RingFull
+            {
+                full += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+        assert!(seen > 0);
+        assert_eq!(bus.stats().dropped_ring_full, full);
+        assert_eq!(bus.stats().published + full, 5000);
     }
 }

@@ -92,7 +92,15 @@ async fn handle(
                 "# HELP scanoutd_frames_produced_total Frames the source published."
             );
             let _ = writeln!(body, "# TYPE scanoutd_frames_produced_total counter");
-            let _ = writeln!(body, "scanoutd_frames_produced_total {}", bus.published());
+            let ring = bus.stats();
+            let _ = writeln!(body, "scanoutd_frames_produced_total {}", ring.published);
+            let _ = writeln!(body, "# HELP scanoutd_frames_dropped_total Source frames not published, by reason (ring_full: every ring slot was held by a reader).");
+            let _ = writeln!(body, "# TYPE scanoutd_frames_dropped_total counter");
+            let _ = writeln!(
+                body,
+                "scanoutd_frames_dropped_total{{reason=\"ring_full\"}} {}",
+                ring.dropped_ring_full
+            );
             let _ = writeln!(body, "# HELP scanoutd_source_start_unix_ms When the source's animation clock was 0 (Unix ms).");
             let _ = writeln!(body, "# TYPE scanoutd_source_start_unix_ms gauge");
             let _ = writeln!(body, "scanoutd_source_start_unix_ms {start_ms}");

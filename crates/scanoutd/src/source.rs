@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use scanoutd_demo::{DemoConfig, DemoSource, Scene};
 use scanoutd_ring::FrameBus;
-use scanoutd_types::{Frame, InputSink};
+use scanoutd_types::InputSink;
 
 pub struct DemoRunner {
     /// Unix ms at which the animation clock is 0: frame `t_ms` = capture time − this, so any
@@ -44,17 +44,15 @@ impl DemoRunner {
             .name("demo-source".into())
             .spawn(move || {
                 let start = Instant::now();
-                let mut frame = Arc::new(Frame::new(width, height));
                 let mut next = start;
                 while !stop2.load(Ordering::Relaxed) {
                     let now_ms = unix_ms().max(start_unix_ms);
-                    // Copy-on-write: clones the previous picture only while the bus (or a
-                    // client still encoding it) holds a reference.
-                    let damage =
-                        demo.render(Arc::make_mut(&mut frame), now_ms - start_unix_ms, now_ms);
-                    if !damage.is_empty() {
-                        bus.publish(Arc::clone(&frame), &damage);
-                    }
+                    // Renders into a free ring slot holding a copy of the newest picture; when
+                    // every slot is held by readers the frame is skipped (counted), never waited
+                    // for. The demo renders by time, so nothing is lost.
+                    bus.try_write(width, height, |f| {
+                        demo.render(f, now_ms - start_unix_ms, now_ms)
+                    });
                     next += period;
                     let now = Instant::now();
                     if next > now {

@@ -141,7 +141,7 @@ pub(crate) async fn run(
                         tracing::info!(peer = %conn.peer, "the display source ended");
                         return Ok(());
                     };
-                    d.on_update(conn, &u).await?;
+                    d.on_update(conn, u).await?;
                 }
             }
         }
@@ -359,14 +359,22 @@ impl Display<'_> {
         self.stats.set_stream(None, 0);
     }
 
-    async fn on_update(&mut self, conn: &mut Conn, u: &Update) -> Result<(), ServerError> {
-        let frame = &u.frame;
-        if u.resized || self.surface != Some((frame.width, frame.height)) {
-            self.create_surface(conn, frame);
-            self.send(conn, u, None).await?;
+    async fn on_update(&mut self, conn: &mut Conn, u: Update) -> Result<(), ServerError> {
+        let Update {
+            frame,
+            damage,
+            coalesced,
+            resized,
+        } = u;
+        let capture_ms = frame.capture_ms;
+        if resized || self.surface != Some((frame.width, frame.height)) {
+            self.create_surface(conn, &frame);
+            // Release the ring slot before the (possibly slow) network write.
+            drop(frame);
+            self.send(conn, coalesced, capture_ms, None).await?;
             return Ok(());
         }
-        match self.policy.on_update(Instant::now(), &u.damage) {
+        match self.policy.on_update(Instant::now(), &damage) {
             StreamAction::Start(rect) => self.start_stream(conn, rect).await,
             StreamAction::Regrow(rect) => {
                 self.end_stream(conn, false);
@@ -375,38 +383,38 @@ impl Display<'_> {
             StreamAction::Stop(_) | StreamAction::None => {}
         }
         let stream_rect = self.stream.as_ref().map(|s| s.rect);
-        for r in u.damage.rects() {
+        for r in damage.rects() {
             let parts = match stream_rect {
                 Some(sr) => r.subtract(&sr),
                 None => vec![*r],
             };
             for p in parts {
-                if let Some(m) = draw_copy(frame, p, self.lz4) {
+                if let Some(m) = draw_copy(&frame, p, self.lz4) {
                     conn.queue(&m);
                 }
             }
         }
         let mut encoded = None;
         if let Some(sr) = stream_rect {
-            if u.damage.rects().iter().any(|r| r.intersect(&sr).is_some()) {
+            if damage.rects().iter().any(|r| r.intersect(&sr).is_some()) {
                 encoded = self.encode(conn, frame, sr).await;
             }
         }
-        self.send(conn, u, encoded).await
+        self.send(conn, coalesced, capture_ms, encoded).await
     }
 
     /// Encode the stream area of `frame` and queue it as STREAM_DATA. Returns the frame size.
-    async fn encode(&mut self, conn: &mut Conn, frame: &Arc<Frame>, rect: Rect) -> Option<usize> {
+    async fn encode(&mut self, conn: &mut Conn, frame: Arc<Frame>, rect: Rect) -> Option<usize> {
         let st = self.stream.as_mut()?;
+        // Copy the stream area out and release the ring slot before encoding.
+        let (r, px) = frame.extract(rect)?;
+        let (capture_ms, seq) = (frame.capture_ms, frame.seq);
+        drop(frame);
         let mut encoder = st.encoder.take()?;
         let force = st.need_key;
-        let f = Arc::clone(frame);
         let res = tokio::task::spawn_blocking(move || {
-            let r = match f.extract(rect) {
-                Some((r, px)) => encoder.encode(&px, r.w as usize * 4, f.capture_ms, force),
-                None => Ok(None),
-            };
-            (encoder, r)
+            let out = encoder.encode(&px, r.w as usize * 4, capture_ms, force);
+            (encoder, out)
         })
         .await;
         let (encoder, result) = match res {
@@ -422,7 +430,7 @@ impl Display<'_> {
         match result {
             Ok(Some(ef)) => {
                 st.need_key = false;
-                let mm = self.server.capture_mm_time(frame.capture_ms);
+                let mm = self.server.capture_mm_time(capture_ms);
                 let before = conn.out_len();
                 ServerMsg::encode_stream_data(st.id, mm, &ef.data, conn.out());
                 self.stats.frames_encoded.fetch_add(1, Relaxed);
@@ -432,7 +440,7 @@ impl Display<'_> {
                 Some(conn.out_len() - before)
             }
             Ok(None) => {
-                tracing::debug!(peer = %conn.peer, "the encoder produced nothing for frame {}", frame.seq);
+                tracing::debug!(peer = %conn.peer, "the encoder produced nothing for frame {seq}");
                 None
             }
             Err(e) => {
@@ -450,7 +458,8 @@ impl Display<'_> {
     async fn send(
         &mut self,
         conn: &mut Conn,
-        u: &Update,
+        coalesced: u64,
+        capture_ms: u64,
         stream_bytes: Option<usize>,
     ) -> Result<(), ServerError> {
         let start = Instant::now();
@@ -458,11 +467,11 @@ impl Display<'_> {
         let now = Instant::now();
         let s = &self.stats;
         s.updates_sent.fetch_add(1, Relaxed);
-        s.coalesced_updates.fetch_add(u.coalesced, Relaxed);
+        s.coalesced_updates.fetch_add(coalesced, Relaxed);
         s.bytes_sent.fetch_add(sent as u64, Relaxed);
         if let Some(bytes) = stream_bytes {
             s.stream_frames_sent.fetch_add(1, Relaxed);
-            let age = unix_ms().saturating_sub(u.frame.capture_ms);
+            let age = unix_ms().saturating_sub(capture_ms);
             s.capture_to_send_ms.observe(age as f64);
             if self
                 .rate

@@ -136,3 +136,38 @@ def test_stream_ends_and_picture_turns_exact(scanoutd_bin, spice_gi, artifacts):
                 if sc.bgrx_to_rgb(buf, w, h, stride) == ref:
                     exact += 1
             assert exact >= 1, "no client picture matched its source frame exactly"
+
+
+PAUSE_KEY = 0x19  # 'P': pauses the demo's animation (the timestamp strip keeps ticking)
+
+
+@pytest.mark.timeout_s(60)
+def test_sharp_again_after_motion_stops(scanoutd_bin, spice_gi, artifacts):
+    srv = sc.ScanoutdServer(binary=scanoutd_bin, scene="motion", size="640x480", fps=30,
+                            extra_args=["--codec", "h264"], log_dir=artifacts, name="sharp")
+    with srv:
+        srv.start()
+        with sc.SpiceClient(uri=srv.uri) as c:
+            c.wait_primary(timeout=15)
+            c.wait_channel_open("inputs", timeout=10)
+            c.wait_for(lambda: stream_codec(srv.metrics()) == "h264", timeout=20,
+                       what="an h264 stream")
+            c.send_key(PAUSE_KEY)
+            # Motion stopped: within a few seconds the stream ends (only the clock strip
+            # still changes, which does not keep a stream alive) ...
+            c.wait_for(lambda: stream_codec(srv.metrics()) is None, timeout=10,
+                       what="the stream to end after the pause")
+            c.pump(1.0)
+            # ... and the client's picture is the source's, exactly, below the clock strip.
+            w, h, stride, buf = c.snapshot()
+            got = sc.bgrx_to_rgb(buf, w, h, stride)
+            sw, sh, src = srv.snapshot_ppm()
+            assert (sw, sh) == (w, h)
+            row = w * 3
+            n, bbox, first = sc.compare_rgb(got[16 * row:], src[16 * row:], w, h - 16)
+            if n:
+                sc.write_ppm(os.path.join(artifacts, "client.ppm"), w, h, got)
+                sc.write_ppm(os.path.join(artifacts, "source.ppm"), w, h, src)
+            assert n == 0, f"{n} pixels differ below the strip, bbox {bbox}, first {first}"
+            strip = c.input_strip()
+            assert strip is not None and strip.scancode == PAUSE_KEY

@@ -125,6 +125,8 @@ struct InputState {
     y: u32,
     /// One bit per [`MouseButton`] held down.
     buttons: u8,
+    /// Presses of the pause key ([`PAUSE_KEY`]); the animation is paused while it is odd.
+    pause_presses: u32,
 }
 
 impl InputState {
@@ -172,7 +174,12 @@ impl InputSink for DemoInput {
             InputEvent::Key {
                 scancode,
                 pressed: true,
-            } => s.last_key = scancode,
+            } => {
+                s.last_key = scancode;
+                if scancode == PAUSE_KEY {
+                    s.pause_presses = s.pause_presses.wrapping_add(1);
+                }
+            }
             InputEvent::Key { pressed: false, .. } | InputEvent::KeyModifiers(_) => {}
             InputEvent::MouseMove { x, y, .. } => {
                 s.x = x.min(self.width - 1);
@@ -560,10 +567,17 @@ fn bounce(t_ms: u64, px_per_s: u64, lo: u32, hi: u32) -> i64 {
     i64::from(lo) + off as i64
 }
 
+/// The key that pauses and resumes the animation (set-1 scancode of `P`). While paused only
+/// the timestamp strip and the input overlay change, like an idle desktop with a clock.
+pub const PAUSE_KEY: u16 = 0x19;
+
 /// The demo display source. See the crate documentation.
 #[derive(Debug)]
 pub struct DemoSource {
     config: DemoConfig,
+    /// Animation time spent paused so far, and the render time the current pause began.
+    paused_total_ms: u64,
+    paused_since: Option<u64>,
     layout: Layout,
     input: Arc<DemoInput>,
     /// Sequence number of the last frame produced (0 before the first).
@@ -597,6 +611,8 @@ impl DemoSource {
             }),
             seq: 0,
             shown: None,
+            paused_total_ms: 0,
+            paused_since: None,
         })
     }
 
@@ -637,12 +653,14 @@ impl DemoSource {
         frame.seq = self.seq;
         frame.capture_ms = now_unix_ms;
 
+        let input = self.input.snapshot();
+        let anim_ms = self.animation_time(t_ms, input.pause_presses % 2 == 1);
         let next = match (self.config.scene, self.shown) {
             (Scene::Still, Some(first)) => first,
             _ => SceneState {
-                t_ms,
+                t_ms: anim_ms,
                 stamp_ms: now_unix_ms,
-                input: self.input.snapshot(),
+                input,
             },
         };
         self.shown = Some(next);
@@ -660,6 +678,23 @@ impl DemoSource {
         damage
     }
 
+    /// The animation clock: `t_ms` less the time spent paused; frozen while paused.
+    fn animation_time(&mut self, t_ms: u64, paused: bool) -> u64 {
+        match (paused, self.paused_since) {
+            (true, None) => {
+                self.paused_since = Some(t_ms);
+                t_ms.saturating_sub(self.paused_total_ms)
+            }
+            (true, Some(p)) => p.saturating_sub(self.paused_total_ms),
+            (false, Some(p)) => {
+                self.paused_total_ms += t_ms.saturating_sub(p);
+                self.paused_since = None;
+                t_ms.saturating_sub(self.paused_total_ms)
+            }
+            (false, None) => t_ms.saturating_sub(self.paused_total_ms),
+        }
+    }
+
     /// Everything that may differ between the pictures for `prev` and `next`.
     fn motion_damage(&self, prev: &SceneState, next: &SceneState) -> Damage {
         let l = &self.layout;
@@ -671,9 +706,11 @@ impl DemoSource {
             d.add(l.cross_rect(&prev.input));
             d.add(l.cross_rect(&next.input));
         }
-        // The video block's content changes every frame: its old and new boxes.
-        d.add(l.video_rect(prev.t_ms));
-        d.add(l.video_rect(next.t_ms));
+        // The video block's content changes whenever time moves: its old and new boxes.
+        if prev.t_ms != next.t_ms {
+            d.add(l.video_rect(prev.t_ms));
+            d.add(l.video_rect(next.t_ms));
+        }
         let (b0, b1) = (l.ball_rect(prev.t_ms), l.ball_rect(next.t_ms));
         if b0 != b1 {
             d.add(b0);

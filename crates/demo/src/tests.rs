@@ -466,3 +466,61 @@ fn animation_is_a_pure_function_of_time() {
     let (b0, b1) = (l.ball_pos(1_000), l.ball_pos(1_100));
     assert_ne!((v1.0 - v0.0).abs(), (b1.0 - b0.0).abs());
 }
+
+#[test]
+fn pause_key_freezes_the_animation_but_not_the_clock_strip() {
+    let mut src = source(1280, 720, Scene::Motion);
+    let sink = src.input_sink();
+    let mut f = Frame::new(1280, 720);
+    src.render(&mut f, 0, 1_000);
+    src.render(&mut f, 16, 1_016);
+    sink.input(key(crate::PAUSE_KEY));
+    sink.input(InputEvent::Key {
+        scancode: crate::PAUSE_KEY,
+        pressed: false,
+    });
+    // The render that sees the pause repaints the input overlay; after that only the
+    // timestamp strip changes.
+    src.render(&mut f, 33, 1_033);
+    let before = f.clone();
+    let d = src.render(&mut f, 50, 1_050);
+    assert_damage_complete(&before, &f, &d, "paused");
+    let strip = crate::strip::timestamp_rect(1280, 720);
+    assert!(
+        d.rects().iter().all(|r| strip.contains(r)),
+        "paused damage {d:?} is only the strip"
+    );
+    assert_eq!(
+        read_timestamp_strip(&f.data, 1280, 720, f.stride),
+        Some(1_050)
+    );
+    let frozen = f.clone();
+    for t in [500u64, 2_000] {
+        src.render(&mut f, t, 1_000 + t);
+    }
+    let below = (32 * f.stride)..;
+    assert_eq!(
+        f.data[below.clone()],
+        frozen.data[below.clone()],
+        "nothing below the strips moved"
+    );
+    // Resume: the animation continues from where it stopped, not jumping ahead.
+    sink.input(key(crate::PAUSE_KEY));
+    let before = f.clone();
+    let d = src.render(&mut f, 3_000, 4_000);
+    assert_damage_complete(&before, &f, &d, "resumed");
+    let mut fresh = source(1280, 720, Scene::Motion);
+    let mut g = Frame::new(1280, 720);
+    // Paused from t=33 to t=3000: animation time 33 + (3000 - 3000) = 33... shows t=33.
+    fresh.render(&mut g, 33, 4_000);
+    let from = 32 * 1280 * 4;
+    let same = f.data[from..]
+        .chunks(4)
+        .zip(g.data[from..].chunks(4))
+        .filter(|(a, b)| a == b)
+        .count();
+    assert!(
+        same * 100 / (1280 * 688) >= 95,
+        "the scene resumed at its paused time"
+    );
+}

@@ -215,17 +215,30 @@ impl StreamPolicy {
             }
         }
         if let Some(a) = &mut self.active {
-            if damage
+            // Only substantial change keeps a stream alive: a clock or a blinking cursor
+            // inside it must not keep text blurred.
+            let inside: u64 = damage
                 .rects()
                 .iter()
-                .any(|r| r.intersect(&a.rect).is_some())
-            {
+                .filter_map(|r| r.intersect(&a.rect))
+                .map(|r| r.area())
+                .sum();
+            if inside >= self.tuning.min_area {
                 a.last_change = now;
             }
         }
         let hot = self.hot_box(now);
+        // The tiles round small changes up; what starts a stream is how much really changes.
+        let changed_in = |bb: &Rect| -> u64 {
+            damage
+                .rects()
+                .iter()
+                .filter_map(|r| r.intersect(bb))
+                .map(|r| r.area())
+                .sum()
+        };
         match (&mut self.active, hot) {
-            (None, Some(bb)) if bb.area() >= self.tuning.min_area => {
+            (None, Some(bb)) if changed_in(&bb) >= self.tuning.min_area => {
                 self.active = Some(Active {
                     rect: bb,
                     last_change: now,
@@ -382,6 +395,44 @@ mod tests {
             StreamAction::Stop(r)
         );
         assert_eq!(p.active(), None);
+    }
+
+    #[test]
+    fn small_changes_inside_a_stream_do_not_keep_it_alive() {
+        let mut p = policy();
+        let t0 = Instant::now();
+        let video = Rect::new(0, 0, 640, 480);
+        let mut t = t0;
+        while p.active().is_none() {
+            t += Duration::from_millis(16);
+            p.on_update(t, &dmg(&[video]));
+            assert!(t - t0 < Duration::from_secs(2));
+        }
+        // A clock strip alone never starts one (it is smaller than the minimum even though
+        // the tiles it touches are not).
+        let mut q = policy();
+        let mut tq = t0;
+        for _ in 0..200 {
+            tq += Duration::from_millis(16);
+            assert_eq!(
+                q.on_update(tq, &dmg(&[Rect::new(0, 0, 544, 16)])),
+                StreamAction::None
+            );
+        }
+        // The video pauses; only a clock strip inside the stream keeps ticking.
+        let clock = Rect::new(0, 0, 544, 16);
+        let paused = t;
+        let mut stopped = None;
+        while t - paused < Duration::from_secs(3) {
+            t += Duration::from_millis(16);
+            p.on_update(t, &dmg(&[clock]));
+            if let StreamAction::Stop(_) = p.on_tick(t) {
+                stopped = Some(t - paused);
+                break;
+            }
+        }
+        let after = stopped.expect("the stream stops although the clock keeps changing");
+        assert!(after >= Duration::from_millis(1000) && after < Duration::from_millis(1100));
     }
 
     #[test]

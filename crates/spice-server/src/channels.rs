@@ -108,7 +108,9 @@ async fn main_channel(
         agent_tokens: 10,
         // Read the clock just before writing (the client sets its clock when it processes
         // this message).
-        multi_media_time: server.mm_time().wrapping_sub(server.cfg.mm_time_margin_ms),
+        multi_media_time: server
+            .mm_time()
+            .wrapping_sub(session.mm_margin_ms.load(Relaxed)),
         ram_hint: 64 * 1024 * 1024,
     };
     conn.send(&ServerMsg::MainInit(init)).await?;
@@ -144,6 +146,12 @@ async fn main_channel(
         tokio::select! {
             _ = session.cancel.cancelled() => return Ok(()),
             r = conn.read_more() => if !r? { return Ok(()) },
+            _ = session.mm_changed.notified() => {
+                // Read the clock just before writing, as for INIT.
+                let margin = session.mm_margin_ms.load(Relaxed);
+                conn.send(&ServerMsg::MultiMediaTime(server.mm_time().wrapping_sub(margin))).await?;
+                tracing::debug!(peer = %conn.peer, "multimedia-time margin now {margin} ms");
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use spice_proto::consts::{
 use spice_proto::{Caps, ClientMsg, Clip, DrawCopy, Head, Image, LinkMess, ServerMsg, SpiceRect};
 
 use crate::conn::Conn;
-use crate::rate::RateControl;
+use crate::rate::{MmTuner, RateControl};
 use crate::stream::{codec_candidates, spice_codec, StreamAction, StreamPolicy};
 use crate::{ClientStats, Compression, ServerError, Session, SpiceServer};
 
@@ -81,6 +81,8 @@ struct Stream {
 
 struct Display<'a> {
     server: &'a Arc<SpiceServer>,
+    session: &'a Session,
+    mm: MmTuner,
     stats: Arc<ClientStats>,
     client_caps: Caps,
     lz4: bool,
@@ -105,6 +107,8 @@ pub(crate) async fn run(
     let now = Instant::now();
     let mut d = Display {
         server,
+        session,
+        mm: MmTuner::new(session.mm_margin_ms.load(Relaxed)),
         stats: Arc::clone(&session.stats),
         lz4: client_caps.has(DISPLAY_CAP_LZ4_COMPRESSION)
             && server.cfg.compression == Compression::Auto,
@@ -184,6 +188,16 @@ impl Display<'_> {
                     conn.flush().await?;
                 } else {
                     tracing::trace!(peer = %conn.peer, "stream report: {r:?}");
+                    let mjpeg = st.codec == Codec::Mjpeg;
+                    if let Some(d) =
+                        self.mm
+                            .on_report(Instant::now(), mjpeg, r.last_frame_delay, r.num_drops)
+                    {
+                        tracing::debug!(peer = %conn.peer, "client reports a frame margin of {} ms: frames now due {d} ms after capture", r.last_frame_delay);
+                        self.session.mm_margin_ms.store(d, Relaxed);
+                        self.session.mm_changed.notify_one();
+                        self.stats.mm_margin_ms.store(u64::from(d), Relaxed);
+                    }
                     if self.rate.on_report(
                         Instant::now(),
                         r.num_frames,

@@ -23,7 +23,7 @@ pub mod stream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU16;
+use std::sync::atomic::{AtomicU16, AtomicU32};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -135,6 +135,10 @@ pub(crate) struct Session {
     pub stats: Arc<ClientStats>,
     /// 1 = server (relative), 2 = client (absolute).
     pub mouse_mode: AtomicU16,
+    /// This client's multimedia-clock offset D in ms (tuned by its display channel); the
+    /// main channel sends MULTI_MEDIA_TIME when `mm_changed` is notified.
+    pub mm_margin_ms: AtomicU32,
+    pub mm_changed: tokio::sync::Notify,
 }
 
 pub(crate) use spice_proto::consts::{MOUSE_MODE_CLIENT, MOUSE_MODE_SERVER};

@@ -1,7 +1,7 @@
 //! The link stage of one connection: link message, reply with a fresh RSA key, ticket, result.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU16;
+use std::sync::atomic::{AtomicU16, AtomicU32};
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
@@ -262,7 +262,13 @@ fn new_session(server: &Arc<SpiceServer>) -> Arc<Session> {
         cancel: server.shutdown.child_token(),
         stats: server.metrics.client_connected(id),
         mouse_mode: AtomicU16::new(MOUSE_MODE_CLIENT),
+        mm_margin_ms: AtomicU32::new(server.cfg.mm_time_margin_ms),
+        mm_changed: tokio::sync::Notify::new(),
     });
+    session.stats.mm_margin_ms.store(
+        u64::from(server.cfg.mm_time_margin_ms),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     sessions.insert(id, Arc::clone(&session));
     session
 }

@@ -86,6 +86,8 @@ pub struct ClientStats {
     pub stream_frames_sent: AtomicU64,
     /// Current video target (0 without a stream).
     pub bitrate_kbps: AtomicU64,
+    /// The client's multimedia-clock offset D, ms.
+    pub mm_margin_ms: AtomicU64,
     /// 0 = no stream, otherwise 1 + index in `Codec::ALL`.
     codec: AtomicU8,
     pub encode_ms: Histogram,
@@ -267,7 +269,12 @@ impl Metrics {
             );
         }
         let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let per_client: [(&str, &str, StatGetter); 6] = [
+        let per_client: [(&str, &str, StatGetter); 7] = [
+            (
+                "scanoutd_client_mm_margin_ms",
+                "How long after capture the client shows a video frame (SPICE mm-time offset), ms.",
+                |s| s.mm_margin_ms.load(Relaxed),
+            ),
             (
                 "scanoutd_client_updates_sent_total",
                 "Display updates sent to a client.",

@@ -239,3 +239,125 @@ mod tests {
         assert_eq!(rc.target_kbps(), 300);
     }
 }
+
+/// Tunes a client's multimedia-clock offset D (how long after capture it shows a frame) from
+/// STREAM_REPORT's `last_frame_delay`, which is the margin by which the last frame arrived
+/// early. The aim is a small positive margin: frames must not arrive late (the client's
+/// MJPEG decoder drops late frames outright; GStreamer codecs count them as drops) and any
+/// margin beyond that is pure latency. Late frames raise D at once; a margin that stays large
+/// lowers it slowly. Steps are bounded, so the client never sees the large clock jumps that
+/// make it reschedule its queues.
+pub struct MmTuner {
+    margin_ms: u32,
+    min_ms: u32,
+    max_ms: u32,
+    target_ms: i32,
+    late_reports: u32,
+    early_reports: u32,
+    last_change: Option<Instant>,
+}
+
+impl MmTuner {
+    pub fn new(initial_ms: u32) -> Self {
+        MmTuner {
+            margin_ms: initial_ms.clamp(5, 400),
+            min_ms: 5,
+            max_ms: 400,
+            target_ms: 10,
+            late_reports: 0,
+            early_reports: 0,
+            last_change: None,
+        }
+    }
+
+    pub fn margin_ms(&self) -> u32 {
+        self.margin_ms
+    }
+
+    /// A report arrived. Returns the new D when it changed.
+    pub fn on_report(
+        &mut self,
+        now: Instant,
+        mjpeg: bool,
+        last_frame_delay: i32,
+        num_drops: u32,
+    ) -> Option<u32> {
+        let late = last_frame_delay < 0 || (mjpeg && num_drops > 0 && num_drops != u32::MAX);
+        let early = last_frame_delay > 3 * self.target_ms;
+        self.late_reports = if late { self.late_reports + 1 } else { 0 };
+        self.early_reports = if early { self.early_reports + 1 } else { 0 };
+        let since = self
+            .last_change
+            .map_or(Duration::MAX, |t| now.duration_since(t));
+        let new =
+            if late && (mjpeg || self.late_reports >= 2) && since >= Duration::from_millis(500) {
+                let step = (self.target_ms - last_frame_delay).clamp(5, 100) as u32;
+                (self.margin_ms + step).min(self.max_ms)
+            } else if self.early_reports >= 3 && since >= Duration::from_secs(2) {
+                let step = (last_frame_delay - self.target_ms).clamp(1, 100) as u32;
+                self.margin_ms.saturating_sub(step).max(self.min_ms)
+            } else {
+                return None;
+            };
+        if new == self.margin_ms {
+            return None;
+        }
+        self.margin_ms = new;
+        self.last_change = Some(now);
+        self.late_reports = 0;
+        self.early_reports = 0;
+        Some(new)
+    }
+}
+
+#[cfg(test)]
+mod mm_tests {
+    use super::*;
+
+    #[test]
+    fn late_frames_raise_the_margin_at_once_for_mjpeg() {
+        let t0 = Instant::now();
+        let mut m = MmTuner::new(10);
+        // MJPEG frames arriving 3 ms late are being dropped by the client: raise now.
+        assert_eq!(m.on_report(t0, true, -3, 2), Some(23));
+        // Not again within half a second.
+        assert_eq!(
+            m.on_report(t0 + Duration::from_millis(100), true, -1, 1),
+            None
+        );
+        assert_eq!(
+            m.on_report(t0 + Duration::from_millis(700), true, -1, 1),
+            Some(34)
+        );
+    }
+
+    #[test]
+    fn gstreamer_codecs_need_two_late_reports_and_large_margins_shrink_slowly() {
+        let t0 = Instant::now();
+        let mut m = MmTuner::new(20);
+        assert_eq!(m.on_report(t0, false, -4, 5), None);
+        assert_eq!(m.on_report(t0, false, -4, 5), Some(34));
+        // Comfortably early: lowered only after three such reports and two quiet seconds.
+        let t1 = t0 + Duration::from_secs(3);
+        assert_eq!(m.on_report(t1, false, 60, 0), None);
+        assert_eq!(m.on_report(t1, false, 60, 0), None);
+        assert_eq!(
+            m.on_report(t1, false, 60, 0),
+            Some(5),
+            "34 - 50, floored at 5"
+        );
+        // A margin near the target is left alone.
+        for i in 0..10 {
+            assert_eq!(
+                m.on_report(t1 + Duration::from_secs(3 + i), false, 12, 0),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn the_unsupported_stream_report_is_not_lateness() {
+        let mut m = MmTuner::new(20);
+        assert_eq!(m.on_report(Instant::now(), true, 5, u32::MAX), None);
+    }
+}

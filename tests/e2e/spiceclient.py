@@ -1109,6 +1109,10 @@ class ScanoutdServer:
         return f"http://127.0.0.1:{self.metrics_port}"
 
     def start(self, ready_timeout=20.0, attempts=2):
+        if self.alive():
+            # `with ScanoutdServer(...)` already started it; a second start would leak the
+            # first process.
+            raise RuntimeError("scanoutd is already running (the `with` block starts it)")
         last = None
         for _ in range(attempts):
             try:

@@ -61,7 +61,6 @@ def test_client_decodes_stream(codec, scanoutd_bin, spice_gi, artifacts):
                             fps=30, extra_args=["--codec", codec], log_dir=artifacts,
                             name=f"stream-{codec}")
     with srv:
-        srv.start()
         with sc.SpiceClient(uri=srv.uri) as c:
             c.wait_primary(timeout=15)
             # The demo moves everywhere, so a stream starts after about half a second.
@@ -115,7 +114,6 @@ def test_stream_ends_and_picture_turns_exact(scanoutd_bin, spice_gi, artifacts):
     srv = sc.ScanoutdServer(binary=scanoutd_bin, scene="motion", size="640x480", fps=30,
                             extra_args=["--codec", "off"], log_dir=artifacts, name="codec-off")
     with srv:
-        srv.start()
         with sc.SpiceClient(uri=srv.uri) as c:
             c.wait_primary(timeout=15)
             c.pump(2.0)
@@ -146,7 +144,6 @@ def test_sharp_again_after_motion_stops(scanoutd_bin, spice_gi, artifacts):
     srv = sc.ScanoutdServer(binary=scanoutd_bin, scene="motion", size="640x480", fps=30,
                             extra_args=["--codec", "h264"], log_dir=artifacts, name="sharp")
     with srv:
-        srv.start()
         with sc.SpiceClient(uri=srv.uri) as c:
             c.wait_primary(timeout=15)
             c.wait_channel_open("inputs", timeout=10)

@@ -13,7 +13,7 @@ use crate::link::Linked;
 use crate::{ServerError, Session, SpiceServer, MOUSE_MODE_CLIENT, MOUSE_MODE_SERVER};
 
 /// Unsent bytes the kernel may hold for a display socket.
-const DISPLAY_NOTSENT_LOWAT: u32 = 128 * 1024;
+const DISPLAY_NOTSENT_LOWAT: u32 = 16 * 1024;
 
 /// Run a linked channel until it ends; tidy up the session when the main channel goes.
 pub(crate) async fn run(server: &Arc<SpiceServer>, linked: Linked) {

@@ -120,7 +120,7 @@ pub(crate) async fn run(
         next_stream_id: 0,
         client_pref: Vec::new(),
         failed: Vec::new(),
-        rate: RateControl::new(server.cfg.rate, now),
+        rate: RateControl::new(server.cfg.rate, server.cfg.source_fps, now),
         frame_period: Duration::from_secs_f64(1.0 / f64::from(server.cfg.source_fps.max(1))),
     };
     let sub = server.bus.subscribe();
@@ -214,8 +214,10 @@ impl Display<'_> {
     }
 
     fn apply_bitrate(&mut self, conn: &Conn) {
-        let kbps = self.rate.target_kbps();
-        self.stats.bitrate_kbps.store(u64::from(kbps), Relaxed);
+        self.stats
+            .bitrate_kbps
+            .store(u64::from(self.rate.target_kbps()), Relaxed);
+        let kbps = self.rate.encoder_kbps();
         if let Some(st) = &mut self.stream {
             if st.encoder_kbps != kbps {
                 if let Some(enc) = &mut st.encoder {
@@ -342,8 +344,8 @@ impl Display<'_> {
                     timeout_ms: REPORT_TIMEOUT_MS,
                 });
             }
-            tracing::info!(peer = %conn.peer, "streaming {rect:?} as {codec} ({}) at {kbps} kbit/s", encoder.name());
-            self.stats.set_stream(Some(codec), kbps);
+            tracing::info!(peer = %conn.peer, "streaming {rect:?} as {codec} ({}) at {} kbit/s", encoder.name(), self.rate.target_kbps());
+            self.stats.set_stream(Some(codec), self.rate.target_kbps());
             self.stream = Some(Stream {
                 id,
                 rect,
@@ -363,6 +365,7 @@ impl Display<'_> {
     fn end_stream(&mut self, conn: &mut Conn, lossless: bool) {
         let Some(st) = self.stream.take() else { return };
         conn.queue(&ServerMsg::StreamDestroy(st.id));
+        self.rate.set_stream_size(0, 0);
         if lossless {
             if let Some(frame) = self.server.bus.latest() {
                 if let Some(m) = draw_copy(&frame, st.rect, self.lz4) {
@@ -483,17 +486,22 @@ impl Display<'_> {
         s.updates_sent.fetch_add(1, Relaxed);
         s.coalesced_updates.fetch_add(coalesced, Relaxed);
         s.bytes_sent.fetch_add(sent as u64, Relaxed);
-        if let Some(bytes) = stream_bytes {
+        if stream_bytes.is_some() {
             s.stream_frames_sent.fetch_add(1, Relaxed);
             let age = unix_ms().saturating_sub(capture_ms);
             s.capture_to_send_ms.observe(age as f64);
-            if self
-                .rate
-                .on_sent(now, bytes, now - start, self.frame_period)
-            {
-                tracing::debug!(peer = %conn.peer, "link is full: video target now {} kbit/s", self.rate.target_kbps());
-                self.apply_bitrate(conn);
-            }
+        }
+        if self
+            .rate
+            .on_sent(now, sent, stream_bytes, now - start, self.frame_period)
+        {
+            tracing::debug!(
+                peer = %conn.peer,
+                "link is full: target now {} kbit/s, {:.1} fps",
+                self.rate.target_kbps(),
+                self.rate.frame_rate()
+            );
+            self.apply_bitrate(conn);
         }
         Ok(())
     }

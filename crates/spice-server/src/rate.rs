@@ -464,6 +464,9 @@ mod tests {
 /// margin beyond that is pure latency. Late frames raise D at once; a margin that stays large
 /// lowers it slowly. Steps are bounded, so the client never sees the large clock jumps that
 /// make it reschedule its queues.
+/// The most D is raised to for codecs whose late frames the client still shows.
+pub const GST_MAX_MARGIN_MS: u32 = 30;
+
 pub struct MmTuner {
     margin_ms: u32,
     min_ms: u32,
@@ -506,10 +509,20 @@ impl MmTuner {
         let since = self
             .last_change
             .map_or(Duration::MAX, |t| now.duration_since(t));
+        // GStreamer codecs show a late frame anyway (only MJPEG drops it), so for them a
+        // larger D would only add latency: raise it just enough to stop counting every frame
+        // as late.
+        let cap = if mjpeg {
+            self.max_ms
+        } else {
+            GST_MAX_MARGIN_MS.max(self.min_ms)
+        };
         let new =
             if late && (mjpeg || self.late_reports >= 2) && since >= Duration::from_millis(500) {
                 let step = (self.target_ms - last_frame_delay).clamp(5, 100) as u32;
-                (self.margin_ms + step).min(self.max_ms)
+                (self.margin_ms + step)
+                    .min(cap)
+                    .max(self.margin_ms.min(cap))
             } else if self.early_reports >= 3 && since >= Duration::from_secs(2) {
                 let step = (last_frame_delay - self.target_ms).clamp(1, 100) as u32;
                 self.margin_ms.saturating_sub(step).max(self.min_ms)
@@ -553,7 +566,20 @@ mod mm_tests {
         let t0 = Instant::now();
         let mut m = MmTuner::new(20);
         assert_eq!(m.on_report(t0, false, -4, 5), None);
-        assert_eq!(m.on_report(t0, false, -4, 5), Some(34));
+        assert_eq!(
+            m.on_report(t0, false, -4, 5),
+            Some(30),
+            "capped: late H.264 frames are shown anyway"
+        );
+        assert_eq!(
+            m.on_report(t0 + Duration::from_secs(1), false, -40, 5),
+            None
+        );
+        assert_eq!(
+            m.on_report(t0 + Duration::from_secs(1), false, -40, 5),
+            None,
+            "stays at the cap"
+        );
         // Comfortably early: lowered only after three such reports and two quiet seconds.
         let t1 = t0 + Duration::from_secs(3);
         assert_eq!(m.on_report(t1, false, 60, 0), None);

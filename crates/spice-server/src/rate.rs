@@ -16,8 +16,9 @@
 //! Frame rate before quality: each frame gets at least `min_bits_per_pixel` (a picture that
 //! stays readable). When the target cannot give every frame that much at the source frame
 //! rate, frames are taken less often instead, and the encoder is told the per-frame budget
-//! that keeps. Pacing: after a frame of `B` bytes the next may go `B / target` later, and never
-//! sooner than the reduced frame interval.
+//! that keeps. Pacing is a token bucket at the target rate, 250 ms deep: a big frame puts the
+//! client in debt and the next frame waits until it is paid off; never sooner than the
+//! (reduced) frame interval.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -45,6 +46,9 @@ pub const MIN_BITS_PER_PIXEL: f64 = 0.03;
 /// The frame rate is never lowered below this.
 const MIN_FPS: f64 = 2.0;
 const CUT_INTERVAL: Duration = Duration::from_millis(300);
+/// The send budget may run this far ahead, so frame-size variance (a keyframe, a busy
+/// frame) does not cost frames while the average stays at the target.
+const BUCKET: Duration = Duration::from_millis(250);
 const WINDOW: Duration = Duration::from_secs(1);
 const CEILING_MEMORY: Duration = Duration::from_secs(5);
 
@@ -56,7 +60,11 @@ pub struct RateControl {
     pixels: u64,
     last_cut: Option<Instant>,
     last_raise: Instant,
-    next_send: Instant,
+    /// Token bucket of the send budget, in bits (may go negative after a big frame).
+    tokens: f64,
+    refilled: Instant,
+    /// Earliest time for the next frame at the (possibly reduced) frame rate.
+    next_frame: Instant,
     cuts: u64,
     /// Bytes written per flush over the last [`WINDOW`].
     sent: VecDeque<(Instant, usize)>,
@@ -75,7 +83,9 @@ impl RateControl {
             pixels: 0,
             last_cut: None,
             last_raise: now,
-            next_send: now,
+            tokens: 0.0,
+            refilled: now,
+            next_frame: now,
             cuts: 0,
             sent: VecDeque::new(),
             ceiling_kbps: None,
@@ -112,14 +122,31 @@ impl RateControl {
         ((f64::from(self.target_kbps) * scale) as u32).min(self.limits.max_kbps.saturating_mul(8))
     }
 
-    /// Whether the client's budget allows sending a frame now.
-    pub fn may_send(&self, now: Instant) -> bool {
-        now >= self.next_send
+    fn bucket_depth(&self) -> f64 {
+        f64::from(self.target_kbps) * 1000.0 * BUCKET.as_secs_f64()
     }
 
-    /// When the next frame may go.
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens =
+            (self.tokens + f64::from(self.target_kbps) * 1000.0 * dt).min(self.bucket_depth());
+        self.refilled = now;
+    }
+
+    /// Whether the client's budget allows sending a frame now.
+    pub fn may_send(&self, now: Instant) -> bool {
+        now >= self.next_send()
+    }
+
+    /// When the next frame may go: when the bucket is no longer in debt, and not sooner than
+    /// the (possibly reduced) frame interval allows.
     pub fn next_send(&self) -> Instant {
-        self.next_send
+        let debt = if self.tokens < 0.0 {
+            Duration::from_secs_f64(-self.tokens / (f64::from(self.target_kbps.max(1)) * 1000.0))
+        } else {
+            Duration::ZERO
+        };
+        (self.refilled + debt).max(self.next_frame)
     }
 
     /// Bits per second written over the last `span` (everything, not only video).
@@ -173,12 +200,19 @@ impl RateControl {
         {
             self.sent.pop_front();
         }
+        self.refill(now);
+        // Everything written uses the link, but debt is bounded like credit: a full-picture
+        // redraw (megabytes of drawables) must not hold back video for seconds.
+        self.tokens = (self.tokens - bytes as f64 * 8.0).max(-self.bucket_depth());
         if video.is_some() {
-            let slack = frame_period / 4;
-            let by_size =
-                Duration::from_micros(bytes as u64 * 8 * 1000 / u64::from(self.target_kbps.max(1)));
-            let by_rate = Duration::from_secs_f64(1.0 / self.frame_rate());
-            self.next_send = now + by_size.max(by_rate).saturating_sub(slack);
+            // At the full source rate the source's own cadence paces frames; a gate measured
+            // from here (after encoding and writing) would drift against it and skip frames.
+            let fps = self.frame_rate();
+            self.next_frame = if fps < self.source_fps - 0.5 {
+                now + Duration::from_secs_f64(1.0 / fps).saturating_sub(frame_period / 2)
+            } else {
+                now
+            };
         }
         // With only a little unsent data allowed in the kernel, a write that blocks for a
         // quarter of a frame period means a queue is standing: the link is full.
@@ -420,6 +454,47 @@ mod tests {
         fast.set_stream_size(1280, 720);
         assert_eq!(fast.frame_rate(), 30.0);
         assert_eq!(fast.encoder_kbps(), 8000);
+    }
+
+    #[test]
+    fn frame_size_variance_costs_no_frames() {
+        let p60 = Duration::from_micros(16_667);
+        let mut t = Instant::now();
+        let mut rc = RateControl::new(RateLimits::default(), 60, t);
+        rc.set_stream_size(1280, 720);
+        // Big and small frames averaging just under the 8 Mbit/s target, every source tick.
+        for i in 0..240 {
+            t += p60;
+            assert!(rc.may_send(t), "frame {i} would be skipped");
+            let bytes = if i % 2 == 0 { 8_000 } else { 24_000 };
+            rc.on_sent(t, bytes, Some(bytes), Duration::ZERO, p60);
+        }
+        // A sustained excess is still paced: 40 KB per frame is 19 Mbit/s.
+        let mut sent = 0;
+        for _ in 0..240 {
+            t += p60;
+            if rc.may_send(t) {
+                rc.on_sent(t, 40_000, Some(40_000), Duration::ZERO, p60);
+                sent += 1;
+            }
+        }
+        assert!(
+            (90..=120).contains(&sent),
+            "{sent} of 240 frames at 2.4x the target"
+        );
+    }
+
+    #[test]
+    fn a_huge_redraw_does_not_stall_video() {
+        let p30 = Duration::from_millis(33);
+        let t = Instant::now();
+        let mut rc = RateControl::new(RateLimits::default(), 30, t);
+        // 3 MB of lossless drawables (the first picture) at an 8 Mbit/s target.
+        rc.on_sent(t, 3_000_000, None, Duration::ZERO, p30);
+        assert!(
+            rc.may_send(t + Duration::from_millis(260)),
+            "debt is capped at 250 ms"
+        );
     }
 
     #[test]

@@ -18,9 +18,11 @@ import spiceclient as sc
 SIZE = (640, 480)
 # Whole-picture PSNR floor. The demo's terminal window (1-pixel green text on a dark
 # background) loses its colour to 4:2:0 chroma subsampling in every codec and scores 23-24 dB
-# on its own; the rest of the picture scores 30-48 dB. A flipped, garbled or wrong picture
-# scores far lower.
-MIN_PSNR = 26
+# on its own; the rest of the picture scores 30-48 dB, and whole pictures 26-30 dB. A flipped,
+# garbled or wrong picture scores about 12 dB: that is what the second check (the right frame
+# must beat a frame 0.5 s away by 2 dB) catches; this floor only rules out a picture that is
+# right but broken.
+MIN_PSNR = 24
 
 
 def psnr(a, b):

@@ -26,11 +26,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from spiceclient import stop_process  # noqa: E402  (one way to end a process, by PID)
 
 PREFIX = "sod"
 _NS_RE = re.compile(r"^sod-(srv|cli|lan|probe)-(\d+)$")
@@ -119,29 +121,6 @@ def tcp_listening(pid, port):
                     int(parts[1].rsplit(":", 1)[1], 16) == port:
                 return True
     return False
-
-
-def stop_process(proc, term_timeout=5.0):
-    """SIGTERM the process (by its PID), SIGKILL after `term_timeout`. Returns its exit code."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=term_timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-    return proc.returncode
 
 
 def parse_tc_stats(text):

@@ -1,0 +1,580 @@
+//! The QEMU D-Bus display source: a VM's console, received over QEMU's `-display dbus`, written
+//! into a [`FrameBus`], with keyboard and mouse sent back.
+//!
+//! This is the 2D path in bus mode: QEMU runs with `-display dbus,addr=<address>` (or on the
+//! session bus) and owns `org.qemu` there. [`QemuDisplay::connect`]
+//!
+//! 1. connects to the bus, finds the owner of `org.qemu` (waiting for it if asked), reads the
+//!    VM's `Name` and `ConsoleIDs` and picks the first `Graphic` console (or the one given);
+//! 2. makes a socket pair, passes one end with `Console.RegisterListener` and serves our
+//!    `org.qemu.Display1.Listener` object on the other end over a peer-to-peer D-Bus
+//!    connection (we are the authentication client there, QEMU calls us);
+//! 3. applies each `Scanout` / `Update` to a shadow BGRx surface (converting from the pixman
+//!    format) and publishes it with [`FrameBus::try_write`], stamped with the receive time;
+//!    a frame the ring cannot take stays pending and is retried, so nothing is lost and QEMU
+//!    is never waited on;
+//! 4. keeps the guest cursor (`CursorDefine`, `MouseSet`) in a [`CursorState`] watch;
+//! 5. sends input from [`QemuDisplay::input`] (an [`InputSink`]) as `Keyboard` / `Mouse` calls;
+//! 6. reports QEMU going away (the listener socket closing, `org.qemu` losing its owner, the
+//!    bus closing) through [`QemuDisplay::closed`] and [`QemuDisplay::state`]; the last frame
+//!    stays in the bus.
+//!
+//! See `shared/docs/qemu-dbus-display.md` for the protocol.
+#![forbid(unsafe_code)]
+
+mod input;
+mod listener;
+mod pixels;
+mod proxies;
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use scanoutd_ring::FrameBus;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use zbus::names::{BusName, OwnedUniqueName};
+use zbus::proxy::CacheProperties;
+
+pub use input::{button_to_qemu, scancode_to_qnum, QemuInput, QNUM_PAUSE, SCANCODE_PAUSE};
+pub use listener::{cursor_shape, CursorState, MAX_CURSOR_SIZE};
+pub use pixels::{Applied, FrameError, PixelFormat, Surface, MAX_DIMENSION, MAX_PIXELS};
+pub use scanoutd_types::InputSink;
+
+use proxies::{ConsoleProxy, KeyboardProxy, MouseProxy, VmProxy};
+
+/// The bus name QEMU claims.
+pub const QEMU_BUS_NAME: &str = "org.qemu";
+/// Where QEMU looks for our listener object on the listener connection.
+pub const LISTENER_PATH: &str = "/org/qemu/Display1/Listener";
+
+/// Errors of [`QemuDisplay::connect`].
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("D-Bus: {0}")]
+    DBus(#[from] zbus::Error),
+    #[error("D-Bus: {0}")]
+    Fdo(#[from] zbus::fdo::Error),
+    #[error("no QEMU owns {name} on the bus (waited {waited:?})")]
+    NotOnBus { name: String, waited: Duration },
+    #[error("QEMU has no console {0}")]
+    NoSuchConsole(u32),
+    #[error("QEMU console {id} is a {kind} console, not a graphic one")]
+    NotGraphic { id: u32, kind: String },
+    #[error("QEMU has no graphic console")]
+    NoGraphicConsole,
+    #[error("listener socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("QEMU did not complete the listener handshake within {0:?}")]
+    HandshakeTimeout(Duration),
+}
+
+/// How [`QemuDisplay::connect`] finds its console.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// The name QEMU owns ([`QEMU_BUS_NAME`]).
+    pub bus_name: String,
+    /// The console index; `None` picks the first `Graphic` console.
+    pub console: Option<u32>,
+    /// How long to wait for QEMU to claim `bus_name` (zero: fail at once).
+    pub wait_for_qemu: Duration,
+    /// Input events queued towards QEMU before new ones are dropped.
+    pub input_queue: usize,
+    /// Timeout of each call to QEMU (input, properties, registration); the listener
+    /// handshake may take twice this.
+    pub call_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            bus_name: QEMU_BUS_NAME.to_owned(),
+            console: None,
+            wait_for_qemu: Duration::ZERO,
+            input_queue: 256,
+            call_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the link to QEMU ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// QEMU closed the listener socket (it exited, or dropped the listener).
+    ListenerClosed,
+    /// The QEMU we registered with no longer owns its bus name.
+    QemuLeftBus,
+    /// The bus connection closed.
+    BusClosed,
+    /// This side closed the link ([`QemuDisplay::close`] or drop).
+    Local,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CloseReason::ListenerClosed => "QEMU closed the listener connection",
+            CloseReason::QemuLeftBus => "QEMU left the bus",
+            CloseReason::BusClosed => "the D-Bus connection closed",
+            CloseReason::Local => "closed by scanoutd",
+        })
+    }
+}
+
+/// The state of the link to QEMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Connected,
+    Closed(CloseReason),
+}
+
+impl LinkState {
+    pub fn is_closed(&self) -> bool {
+        matches!(self, LinkState::Closed(_))
+    }
+}
+
+/// Counters of one [`QemuDisplay`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QemuStats {
+    /// `Scanout` messages applied.
+    pub scanouts: u64,
+    /// `Update` messages applied.
+    pub updates: u64,
+    /// Malformed `Scanout` / `Update` messages ignored.
+    pub frame_errors: u64,
+    /// Updates that reached past the surface and grew it.
+    pub surface_grown: u64,
+    /// Frames written into the bus.
+    pub frames_published: u64,
+    /// Whether QEMU disabled the scanout (the last picture is kept).
+    pub disabled: bool,
+    /// The pixman format code of the last frame data QEMU sent (0 before any).
+    pub pixman_format: u32,
+    /// Input calls QEMU accepted.
+    pub input_sent: u64,
+    /// Input calls QEMU refused (logged at debug).
+    pub input_failed: u64,
+    /// Input events with no QEMU equivalent (unknown scancodes, lock-key state).
+    pub input_skipped: u64,
+    /// Input events dropped because the queue was full or the link closed.
+    pub input_dropped: u64,
+}
+
+/// A connection to one QEMU console. Dropping it unregisters the listener and stops its tasks;
+/// the last frame stays in the bus.
+pub struct QemuDisplay {
+    bus: FrameBus,
+    vm_name: String,
+    vm_uuid: String,
+    console_id: u32,
+    console_label: String,
+    owner: OwnedUniqueName,
+    publisher: Arc<listener::Publisher>,
+    cursor: watch::Receiver<CursorState>,
+    state: watch::Receiver<LinkState>,
+    state_tx: Arc<watch::Sender<LinkState>>,
+    input: QemuInput,
+    input_counters: Arc<input::InputCounters>,
+    tasks: Vec<JoinHandle<()>>,
+    /// The bus and listener connections; dropping them closes the sockets, and QEMU drops the
+    /// listener.
+    conns: Option<(zbus::Connection, zbus::Connection)>,
+}
+
+impl std::fmt::Debug for QemuDisplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QemuDisplay")
+            .field("vm_name", &self.vm_name)
+            .field("console_id", &self.console_id)
+            .field("owner", &self.owner.as_str())
+            .field("state", &*self.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl QemuDisplay {
+    /// Connect to the D-Bus bus at `address` (e.g. `unix:path=/run/vm/bus`) where QEMU runs
+    /// `-display dbus`, register a listener on its console and start writing frames into `bus`.
+    /// `bus` must be fed by this source only. Must be called inside a Tokio runtime.
+    pub async fn connect(
+        address: &str,
+        bus: FrameBus,
+        opts: ConnectOptions,
+    ) -> Result<Self, QemuError> {
+        let conn = zbus::connection::Builder::address(address)
+            .method_timeout(opts.call_timeout)
+            .build()
+            .await?;
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+        let owner = wait_for_owner(&dbus, &opts.bus_name, opts.wait_for_qemu).await?;
+
+        let vm = VmProxy::builder(&conn)
+            .destination(owner.clone())
+            .build()
+            .await?;
+        let vm_name = vm.name().await?;
+        let vm_uuid = vm.uuid().await.unwrap_or_default();
+        let ids = vm.console_ids().await?;
+        let (console_id, console) = pick_console(&conn, &owner, &ids, opts.console).await?;
+        let console_label = console.label().await.unwrap_or_default();
+        let path = console_path(console_id);
+        let keyboard = KeyboardProxy::builder(&conn)
+            .destination(owner.clone())
+            .path(path.clone())
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        let mouse = MouseProxy::builder(&conn)
+            .destination(owner.clone())
+            .path(path)
+            .build()
+            .await?;
+
+        // The listener: our end serves the object, QEMU gets the other end.
+        let publisher = listener::Publisher::new(bus.clone());
+        let (cursor_tx, cursor) = watch::channel(CursorState::default());
+        let object = listener::Listener {
+            publisher: Arc::clone(&publisher),
+            cursor: cursor_tx,
+            dmabuf_warned: AtomicBool::new(false),
+        };
+        let (ours, theirs) = UnixStream::pair()?;
+        let build = zbus::connection::Builder::unix_stream(ours)
+            .p2p()
+            .serve_at(LISTENER_PATH, object)
+            .build();
+        // QEMU answers RegisterListener, then runs the D-Bus handshake on its end of the
+        // socket: both sides proceed at once.
+        let register = async {
+            let r = console
+                .register_listener(zbus::Fd::from(theirs.as_fd()))
+                .await;
+            // Only QEMU may hold the other end, so that its exit closes our socket.
+            drop(theirs);
+            r
+        };
+        // Bounded: a QEMU that takes the socket but never authenticates must not hang us.
+        let handshake = opts.call_timeout * 2;
+        let (listener_conn, registered) =
+            tokio::time::timeout(handshake, async { tokio::join!(build, register) })
+                .await
+                .map_err(|_| QemuError::HandshakeTimeout(handshake))?;
+        registered?;
+        let listener_conn = listener_conn?;
+        tracing::info!(
+            vm = %vm_name, console = console_id, label = %console_label, owner = %owner,
+            "registered as display listener of QEMU"
+        );
+
+        let (state_tx, state) = watch::channel(LinkState::Connected);
+        let state_tx = Arc::new(state_tx);
+        let (input, rx, input_counters) = input::channel(opts.input_queue);
+        let tasks = vec![
+            tokio::spawn(
+                input::InputTask {
+                    rx,
+                    keyboard,
+                    mouse,
+                    console: console.clone(),
+                    counters: Arc::clone(&input_counters),
+                    state: state.clone(),
+                }
+                .run(),
+            ),
+            tokio::spawn(watch_size(console, Arc::downgrade(&publisher))),
+            tokio::spawn(watch_link(
+                conn.clone(),
+                listener_conn.clone(),
+                dbus,
+                opts.bus_name.clone(),
+                owner.clone(),
+                Arc::clone(&state_tx),
+            )),
+        ];
+
+        Ok(QemuDisplay {
+            bus,
+            vm_name,
+            vm_uuid,
+            console_id,
+            console_label,
+            owner,
+            publisher,
+            cursor,
+            state,
+            state_tx,
+            input,
+            input_counters,
+            tasks,
+            conns: Some((conn, listener_conn)),
+        })
+    }
+
+    /// The VM's name (`-name`, or "QEMU <version>").
+    pub fn vm_name(&self) -> &str {
+        &self.vm_name
+    }
+
+    /// The VM's UUID as QEMU reports it (empty if it did not).
+    pub fn vm_uuid(&self) -> &str {
+        &self.vm_uuid
+    }
+
+    /// The console index in use.
+    pub fn console_id(&self) -> u32 {
+        self.console_id
+    }
+
+    /// The console's label (e.g. "VGA").
+    pub fn console_label(&self) -> &str {
+        &self.console_label
+    }
+
+    /// The unique bus name of the QEMU process we registered with.
+    pub fn owner(&self) -> &str {
+        self.owner.as_str()
+    }
+
+    /// The bus the frames go to.
+    pub fn bus(&self) -> &FrameBus {
+        &self.bus
+    }
+
+    /// The console's picture as last received (for snapshots and tests).
+    pub fn surface(&self) -> Surface {
+        self.publisher.surface()
+    }
+
+    /// The sink that sends input to this console. Cheap to clone; never blocks.
+    pub fn input(&self) -> QemuInput {
+        self.input.clone()
+    }
+
+    /// The guest's cursor, updated on every `CursorDefine` / `MouseSet`.
+    pub fn cursor(&self) -> watch::Receiver<CursorState> {
+        self.cursor.clone()
+    }
+
+    /// The link state; it changes once, to [`LinkState::Closed`].
+    pub fn state(&self) -> watch::Receiver<LinkState> {
+        self.state.clone()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state.borrow().is_closed()
+    }
+
+    /// Resolves when the link to QEMU ends, with the reason.
+    pub async fn closed(&self) -> CloseReason {
+        let mut state = self.state.clone();
+        let result = state.wait_for(LinkState::is_closed).await.map(|s| *s);
+        match result {
+            Ok(LinkState::Closed(reason)) => reason,
+            // The watcher task is gone without saying why: treat the bus as closed.
+            _ => CloseReason::BusClosed,
+        }
+    }
+
+    pub fn stats(&self) -> QemuStats {
+        let d = &self.publisher.counters;
+        let i = &self.input_counters;
+        QemuStats {
+            scanouts: d.scanouts.load(Ordering::Relaxed),
+            updates: d.updates.load(Ordering::Relaxed),
+            frame_errors: d.frame_errors.load(Ordering::Relaxed),
+            surface_grown: d.grown.load(Ordering::Relaxed),
+            frames_published: self.publisher.frames_published(),
+            disabled: d.disabled.load(Ordering::Relaxed),
+            pixman_format: d.format.load(Ordering::Relaxed),
+            input_sent: i.sent.load(Ordering::Relaxed),
+            input_failed: i.failed.load(Ordering::Relaxed),
+            input_skipped: i.skipped.load(Ordering::Relaxed),
+            input_dropped: i.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl QemuDisplay {
+    /// Unregister from QEMU and close both connections now (dropping does the same once the
+    /// aborted tasks are gone). The state becomes [`CloseReason::Local`].
+    pub async fn close(mut self) {
+        self.stop();
+        if let Some((conn, listener_conn)) = self.conns.take() {
+            // Closing the listener socket is what makes QEMU drop the listener (and release
+            // any key still held down).
+            if let Err(e) = listener_conn.close().await {
+                tracing::debug!(error = %e, "closing the QEMU listener connection");
+            }
+            if let Err(e) = conn.close().await {
+                tracing::debug!(error = %e, "closing the D-Bus connection");
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        // The tasks hold connection clones: stop them so the sockets close with `conns`.
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.state_tx.send_if_modified(|s| {
+            if s.is_closed() {
+                return false;
+            }
+            *s = LinkState::Closed(CloseReason::Local);
+            true
+        });
+    }
+}
+
+impl Drop for QemuDisplay {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn console_path(id: u32) -> String {
+    format!("/org/qemu/Display1/Console_{id}")
+}
+
+/// The unique name owning `name`, polling until `wait` has passed.
+async fn wait_for_owner(
+    dbus: &zbus::fdo::DBusProxy<'_>,
+    name: &str,
+    wait: Duration,
+) -> Result<OwnedUniqueName, QemuError> {
+    let bus_name = BusName::try_from(name)?;
+    let start = Instant::now();
+    let mut logged = false;
+    loop {
+        match dbus.get_name_owner(bus_name.clone()).await {
+            Ok(owner) => return Ok(owner),
+            Err(zbus::fdo::Error::NameHasNoOwner(_)) => {
+                if start.elapsed() >= wait {
+                    return Err(QemuError::NotOnBus {
+                        name: name.to_owned(),
+                        waited: start.elapsed(),
+                    });
+                }
+                if !logged {
+                    tracing::info!(name, "waiting for QEMU to appear on the bus");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn pick_console(
+    conn: &zbus::Connection,
+    owner: &OwnedUniqueName,
+    ids: &[u32],
+    wanted: Option<u32>,
+) -> Result<(u32, ConsoleProxy<'static>), QemuError> {
+    if let Some(id) = wanted {
+        if !ids.contains(&id) {
+            return Err(QemuError::NoSuchConsole(id));
+        }
+    }
+    for &id in ids {
+        if wanted.is_some_and(|w| w != id) {
+            continue;
+        }
+        let console = ConsoleProxy::builder(conn)
+            .destination(owner.clone())
+            .path(console_path(id))
+            .build()
+            .await?;
+        let kind = console.type_().await?;
+        if kind == "Graphic" {
+            return Ok((id, console));
+        }
+        tracing::debug!(id, kind = %kind, "skipping non-graphic QEMU console");
+        if wanted.is_some() {
+            return Err(QemuError::NotGraphic { id, kind });
+        }
+    }
+    Err(QemuError::NoGraphicConsole)
+}
+
+/// Follow the console's `Width` / `Height`: QEMU switches surfaces without a `Scanout` when the
+/// next update does not cover the whole new surface (VGA text mode).
+async fn watch_size(
+    console: ConsoleProxy<'static>,
+    publisher: std::sync::Weak<listener::Publisher>,
+) {
+    let mut widths = console.receive_width_changed().await;
+    let mut heights = console.receive_height_changed().await;
+    loop {
+        tokio::select! {
+            w = widths.next() => if w.is_none() { return },
+            h = heights.next() => if h.is_none() { return },
+        }
+        let (Ok(w), Ok(h)) = (console.width().await, console.height().await) else {
+            continue;
+        };
+        let Some(p) = publisher.upgrade() else {
+            return;
+        };
+        p.resize_hint(w, h);
+    }
+}
+
+/// Report the end of the link: the listener socket closing, the owner leaving the bus, or the
+/// bus connection closing, whichever comes first.
+async fn watch_link(
+    conn: zbus::Connection,
+    listener_conn: zbus::Connection,
+    dbus: zbus::fdo::DBusProxy<'static>,
+    name: String,
+    owner: OwnedUniqueName,
+    state: Arc<watch::Sender<LinkState>>,
+) {
+    let owner_gone = async {
+        let Ok(mut changes) = dbus
+            .receive_name_owner_changed_with_args(&[(0, name.as_str())])
+            .await
+        else {
+            return std::future::pending().await;
+        };
+        // The subscription is in place: check we did not miss the change before it.
+        let Ok(bus_name) = BusName::try_from(name.as_str()) else {
+            return std::future::pending().await;
+        };
+        match dbus.get_name_owner(bus_name).await {
+            Ok(o) if o != owner => return,
+            Err(zbus::fdo::Error::NameHasNoOwner(_)) => return,
+            _ => {}
+        }
+        while let Some(signal) = changes.next().await {
+            let Ok(args) = signal.args() else { continue };
+            if args
+                .old_owner()
+                .as_ref()
+                .is_some_and(|o| *o == owner.as_ref())
+            {
+                return;
+            }
+        }
+        std::future::pending().await
+    };
+    let reason = tokio::select! {
+        _ = listener_conn.closed() => CloseReason::ListenerClosed,
+        _ = conn.closed() => CloseReason::BusClosed,
+        _ = owner_gone => CloseReason::QemuLeftBus,
+    };
+    tracing::warn!(%reason, owner = %owner, "QEMU display link closed; keeping the last frame");
+    state.send_if_modified(|s| {
+        if s.is_closed() {
+            return false;
+        }
+        *s = LinkState::Closed(reason);
+        true
+    });
+}

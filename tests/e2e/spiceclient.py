@@ -1084,13 +1084,14 @@ class ScanoutdServer:
 
     def __init__(self, binary=None, scene="still", size="640x480", fps=30, password=None,
                  disable_ticketing=None, extra_args=(), log_dir=None, name="scanoutd",
-                 env=None):
+                 env=None, source="demo"):
         self.binary = binary or default_scanoutd_bin()
         self.scene, self.size, self.fps = scene, size, fps
         self.password = password
         self.disable_ticketing = (password is None) if disable_ticketing is None \
             else disable_ticketing
         self.extra_args = list(extra_args)
+        self.source = source
         self.log_dir = log_dir or artifacts_dir()
         self.name = name
         self.env = env
@@ -1129,7 +1130,7 @@ class ScanoutdServer:
             raise FileNotFoundError(f"scanoutd binary not found/executable: {self.binary}")
         self.port, self.metrics_port = free_ports(2)
         argv = [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}",
-                "--source", "demo", "--scene", self.scene, "--size", self.size,
+                "--source", self.source, "--scene", self.scene, "--size", self.size,
                 "--fps", str(self.fps), "--metrics", f"127.0.0.1:{self.metrics_port}"]
         if self.password is not None:
             fd, self.password_file = tempfile.mkstemp(prefix="scanoutd-pw-", dir=self.log_dir)

@@ -16,6 +16,7 @@ use spice_server::{
 use tokio::net::TcpListener;
 
 mod http;
+mod qemu_source;
 mod source;
 
 /// Stream a virtual machine's display to SPICE clients (remote-viewer, spice-gtk).
@@ -60,10 +61,37 @@ struct RenderArgs {
     out: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum SourceKind {
-    /// The built-in animated demo scene (no VM needed).
+/// Where the picture comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SourceSpec {
     Demo,
+    /// QEMU's D-Bus display (`-display dbus,addr=ADDRESS`) on the D-Bus bus at this address.
+    QemuDbus(String),
+}
+
+fn parse_source(s: &str) -> Result<SourceSpec, String> {
+    if s == "demo" {
+        return Ok(SourceSpec::Demo);
+    }
+    if let Some(addr) = s.strip_prefix("qemu-dbus:") {
+        if addr.is_empty() {
+            return Err(
+                "qemu-dbus: needs a D-Bus address, e.g. qemu-dbus:unix:path=/run/vm1/bus".into(),
+            );
+        }
+        return Ok(SourceSpec::QemuDbus(addr.to_string()));
+    }
+    Err(format!(
+        "unknown source {s:?}: expected demo or qemu-dbus:ADDRESS"
+    ))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnQemuExit {
+    /// Keep serving the last picture and reconnect when QEMU comes back.
+    Keep,
+    /// End the service.
+    Exit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -108,16 +136,24 @@ struct ServeArgs {
     /// Address and port to accept SPICE clients on.
     #[arg(long, default_value = "127.0.0.1:5900", value_name = "HOST:PORT")]
     listen: SocketAddr,
-    /// Where the picture comes from.
-    #[arg(long, value_enum, default_value_t = SourceKind::Demo)]
-    source: SourceKind,
+    /// Where the picture comes from: `demo` (built in), or `qemu-dbus:ADDRESS` for a QEMU
+    /// started with `-display dbus,addr=ADDRESS` (a D-Bus bus address such as
+    /// unix:path=/run/vm1/bus, where QEMU owns org.qemu).
+    #[arg(long, default_value = "demo", value_parser = parse_source, value_name = "SOURCE")]
+    source: SourceSpec,
+    /// With a QEMU source: the console to show (default: the first graphic console).
+    #[arg(long, value_name = "N")]
+    console: Option<u32>,
+    /// With a QEMU source: what to do when QEMU goes away.
+    #[arg(long, value_enum, default_value_t = OnQemuExit::Keep)]
+    on_qemu_exit: OnQemuExit,
     /// Demo scene.
     #[arg(long, value_enum, default_value_t = SceneArg::Motion)]
     scene: SceneArg,
     /// Demo display size, WIDTHxHEIGHT (even numbers, at least 640x480).
     #[arg(long, default_value = "1280x720", value_parser = parse_size, value_name = "WxH")]
     size: (u32, u32),
-    /// Demo frames per second (1-240).
+    /// Demo frames per second (1-240); for a QEMU source, the frame rate encoders expect.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=240))]
     fps: u32,
     /// Read the client password from this file (first line; at most 60 bytes).
@@ -259,8 +295,31 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let (encoders, codecs) = encoders(&args)?;
     let bus = FrameBus::new();
-    let demo = source::DemoRunner::start(width, height, scene, args.fps, bus.clone())
-        .context("starting the demo source")?;
+    let mut demo = None;
+    let (input, start_unix_ms, mut source_task): (Arc<dyn scanoutd_types::InputSink>, u64, _) =
+        match &args.source {
+            SourceSpec::Demo => {
+                let d = source::DemoRunner::start(width, height, scene, args.fps, bus.clone())
+                    .context("starting the demo source")?;
+                let input = d.input_sink();
+                let start = d.start_unix_ms;
+                demo = Some(d);
+                let idle: tokio::task::JoinHandle<Result<()>> =
+                    tokio::spawn(std::future::pending());
+                (input, start, idle)
+            }
+            SourceSpec::QemuDbus(address) => {
+                let input = Arc::new(qemu_source::SwitchableInput::default());
+                let task = tokio::spawn(qemu_source::run(
+                    address.clone(),
+                    args.console,
+                    bus.clone(),
+                    Arc::clone(&input),
+                    args.on_qemu_exit == OnQemuExit::Exit,
+                ));
+                (input as Arc<dyn scanoutd_types::InputSink>, 0, task)
+            }
+        };
 
     let cfg = ServerConfig {
         ticketing,
@@ -289,13 +348,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    let server = SpiceServer::new(
-        cfg,
-        bus.clone(),
-        demo.input_sink(),
-        encoders,
-        Arc::clone(&metrics),
-    );
+    let server = SpiceServer::new(cfg, bus.clone(), input, encoders, Arc::clone(&metrics));
 
     let http = match args.metrics {
         Some(addr) => {
@@ -307,18 +360,24 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 l,
                 Arc::clone(&metrics),
                 bus.clone(),
-                demo.start_unix_ms,
+                start_unix_ms,
             )))
         }
         None => None,
     };
 
-    tracing::info!(
-        "serving the {:?} demo ({width}x{height} at {} fps) on spice://{}",
-        args.scene,
-        args.fps,
-        listener.local_addr()?
-    );
+    match &args.source {
+        SourceSpec::Demo => tracing::info!(
+            "serving the {:?} demo ({width}x{height} at {} fps) on spice://{}",
+            args.scene,
+            args.fps,
+            listener.local_addr()?
+        ),
+        SourceSpec::QemuDbus(address) => tracing::info!(
+            "serving QEMU's display from {address} on spice://{}",
+            listener.local_addr()?
+        ),
+    }
     let srv = Arc::clone(&server);
     let mut accept = tokio::spawn(async move { srv.serve(listener).await });
 
@@ -331,9 +390,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
             r.context("the accept loop")??;
             bail!("the accept loop ended unexpectedly");
         }
+        r = &mut source_task => {
+            server.shutdown();
+            r.context("the source task")??;
+            bail!("the source ended unexpectedly");
+        }
     }
     server.shutdown();
-    demo.stop();
+    source_task.abort();
+    if let Some(d) = &demo {
+        d.stop();
+    }
     bus.close();
     if !server.wait_closed(Duration::from_secs(3)).await {
         tracing::warn!("some connections did not close within 3 s");

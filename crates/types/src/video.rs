@@ -15,11 +15,14 @@ pub enum Codec {
 }
 
 impl Codec {
+    /// Every codec, in the order the server prefers them when a client decodes several:
+    /// H.264 (cheap to encode, decoded everywhere), VP8, VP9, H.265 (the slowest software
+    /// encoder), then MJPEG (the largest frames).
     pub const ALL: [Codec; 5] = [
         Codec::H264,
-        Codec::H265,
         Codec::Vp8,
         Codec::Vp9,
+        Codec::H265,
         Codec::Mjpeg,
     ];
 

@@ -3,10 +3,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use scanoutd_ring::{FrameBus, WriteOutcome};
-use scanoutd_types::{CursorShape, Damage, Frame, Rect, BYTES_PER_PIXEL};
+use scanoutd_types::{unix_ms, CursorShape, Damage, Frame, Rect, BYTES_PER_PIXEL};
 use tokio::sync::watch;
 
 use crate::pixels::{FrameError, Surface};
@@ -53,13 +53,6 @@ pub(crate) struct DisplayCounters {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The shadow surface and what of it has not reached the bus yet.

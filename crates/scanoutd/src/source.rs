@@ -3,12 +3,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use scanoutd_demo::{DemoConfig, DemoSource, Scene};
 use scanoutd_ring::FrameBus;
-use scanoutd_types::InputSink;
+use scanoutd_types::{unix_ms, InputSink};
 
 pub struct DemoRunner {
     /// Unix ms at which the animation clock is 0: frame `t_ms` = capture time − this, so any
@@ -17,13 +17,6 @@ pub struct DemoRunner {
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
     input: Arc<dyn InputSink>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl DemoRunner {

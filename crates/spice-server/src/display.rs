@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use scanoutd_ring::Update;
-use scanoutd_types::{Codec, Frame, Rect, VideoEncoder};
+use scanoutd_types::{unix_ms, Codec, Frame, Rect, VideoEncoder};
 use spice_proto::consts::{
     DISPLAY_CAP_LZ4_COMPRESSION, DISPLAY_CAP_STREAM_REPORT, ROPD_OP_PUT, STREAM_FLAG_TOP_DOWN,
     SURFACE_FLAG_PRIMARY, SURFACE_FMT_32_XRGB,
@@ -59,13 +59,6 @@ fn spice_rect(r: Rect) -> SpiceRect {
         bottom: r.bottom() as i32,
         right: r.right() as i32,
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 struct Stream {

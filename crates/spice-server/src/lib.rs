@@ -193,10 +193,7 @@ impl SpiceServer {
     /// The server's multimedia clock at the moment a frame was captured (`capture_unix_ms`),
     /// which is what a frame is stamped with: the client shows it `mm_time_margin_ms` later.
     pub fn capture_mm_time(&self, capture_unix_ms: u64) -> u32 {
-        let now_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_unix = scanoutd_types::unix_ms();
         let age = now_unix.saturating_sub(capture_unix_ms).min(10_000) as u32;
         self.mm_time().wrapping_sub(age)
     }

@@ -6,6 +6,15 @@ use crate::Rect;
 /// which is SPICE's 32BIT bitmap format and most guests' scanout format.
 pub const BYTES_PER_PIXEL: usize = 4;
 
+/// The wall clock in Unix milliseconds, the unit of [`Frame::capture_ms`] (0 if the clock is
+/// before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// One complete picture of a display, BGRx, rows top to bottom.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Frame {

@@ -8,6 +8,6 @@ mod input;
 mod video;
 
 pub use damage::{Damage, Rect, MAX_DAMAGE_RECTS};
-pub use frame::{CursorShape, Frame, BYTES_PER_PIXEL};
+pub use frame::{unix_ms, CursorShape, Frame, BYTES_PER_PIXEL};
 pub use input::{InputEvent, InputSink, MouseButton, NullInputSink};
 pub use video::{Codec, EncodedFrame, EncoderError, EncoderFactory, NoEncoders, VideoEncoder};

@@ -18,6 +18,7 @@ Use the system Python that has ``gi`` (``/usr/bin/python3`` on Debian 12).
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import shutil
 import signal
@@ -769,6 +770,19 @@ def write_png(path, width, height, rgb):
         f.write(chunk(b"IEND", b""))
 
 
+def psnr(a, b):
+    """PSNR in dB of two equally long RGB byte strings."""
+    assert len(a) == len(b)
+    # Sum of squared differences in chunks (plain Python, no numpy).
+    sse = 0
+    for i in range(0, len(a), 1 << 16):
+        sse += sum((x - y) * (x - y) for x, y in zip(a[i:i + (1 << 16)], b[i:i + (1 << 16)]))
+    if sse == 0:
+        return float("inf")
+    mse = sse / len(a)
+    return 10 * math.log10(255 * 255 / mse)
+
+
 def compare_rgb(a, b, width, height):
     """(n_differing_pixels, bbox or None, first_diff (x, y, a_rgb, b_rgb) or None)."""
     if a == b:
@@ -1062,6 +1076,13 @@ def _split_labels(s):
     if cur.strip():
         parts.append(cur)
     return parts
+
+
+def stream_codec(metrics):
+    for (name, labels), v in metrics.items():
+        if name == "scanoutd_client_stream_codec" and v == 1:
+            return dict(labels).get("codec")
+    return None
 
 
 def metric_value(metrics, name, **labels):

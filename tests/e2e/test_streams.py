@@ -6,7 +6,6 @@ re-rendered bit-exactly with `scanoutd render-demo` (the demo is a pure function
 capture time), so the comparison is exact about *which* frame is on screen.
 """
 
-import math
 import os
 import subprocess
 import time
@@ -25,19 +24,6 @@ SIZE = (640, 480)
 MIN_PSNR = 24
 
 
-def psnr(a, b):
-    """PSNR in dB of two equally long RGB byte strings."""
-    assert len(a) == len(b)
-    # Sum of squared differences in chunks (plain Python, no numpy).
-    sse = 0
-    for i in range(0, len(a), 1 << 16):
-        sse += sum((x - y) * (x - y) for x, y in zip(a[i:i + (1 << 16)], b[i:i + (1 << 16)]))
-    if sse == 0:
-        return float("inf")
-    mse = sse / len(a)
-    return 10 * math.log10(255 * 255 / mse)
-
-
 def render_reference(binary, start_ms, strip_ms, out):
     # The strip holds the capture time mod 2^32; the start time is exported in full.
     full = start_ms + ((strip_ms - start_ms) % (1 << 32))
@@ -47,13 +33,6 @@ def render_reference(binary, start_ms, strip_ms, out):
     w, h, rgb = sc.parse_ppm(open(out, "rb").read())
     assert (w, h) == SIZE
     return rgb
-
-
-def stream_codec(metrics):
-    for (name, labels), v in metrics.items():
-        if name == "scanoutd_client_stream_codec" and v == 1:
-            return dict(labels).get("codec")
-    return None
 
 
 @pytest.mark.timeout_s(60)
@@ -71,7 +50,7 @@ def test_client_decodes_stream(codec, scanoutd_bin, spice_gi, artifacts):
             def streaming():
                 nonlocal m
                 m = srv.metrics()
-                return (stream_codec(m) == codec and
+                return (sc.stream_codec(m) == codec and
                         (sc.metric_value(m, "scanoutd_client_stream_frames_sent_total") or 0) >= 15)
 
             c.wait_for(streaming, timeout=20, what=f"a {codec} stream with 15 frames sent")
@@ -88,17 +67,17 @@ def test_client_decodes_stream(codec, scanoutd_bin, spice_gi, artifacts):
                 got = sc.bgrx_to_rgb(buf, w, h, stride)
                 ref = render_reference(scanoutd_bin, start_ms, ts,
                                        os.path.join(artifacts, f"ref-{i}.ppm"))
-                score = psnr(got, ref)
+                score = sc.psnr(got, ref)
                 scores.append(score)
                 # The measure must tell frames apart: the same picture against the source
                 # half a second later scores clearly lower.
                 other = render_reference(scanoutd_bin, start_ms, (ts + 500) % (1 << 32),
                                          os.path.join(artifacts, f"other-{i}.ppm"))
-                wrong.append(psnr(got, other))
+                wrong.append(sc.psnr(got, other))
                 if score < MIN_PSNR:
                     sc.write_ppm(os.path.join(artifacts, f"client-{i}.ppm"), w, h, got)
             m = srv.metrics()
-            assert stream_codec(m) == codec, "the stream is still running"
+            assert sc.stream_codec(m) == codec, "the stream is still running"
             assert sc.metric_value(m, "scanoutd_protocol_errors_total") == 0
         assert len(scores) >= 3, f"the timestamp strip was unreadable in most pictures: {scores}"
         print(f"{codec}: PSNR vs. source " + " ".join(f"{x:.1f}" for x in scores)
@@ -120,7 +99,7 @@ def test_stream_ends_and_picture_turns_exact(scanoutd_bin, spice_gi, artifacts):
             c.wait_primary(timeout=15)
             c.pump(2.0)
             m = srv.metrics()
-            assert stream_codec(m) is None
+            assert sc.stream_codec(m) is None
             assert (sc.metric_value(m, "scanoutd_client_stream_frames_sent_total") or 0) == 0
             start_ms = int(sc.metric_value(m, "scanoutd_source_start_unix_ms"))
             # Lossless drawables: some picture must match its source frame exactly.
@@ -149,12 +128,12 @@ def test_sharp_again_after_motion_stops(scanoutd_bin, spice_gi, artifacts):
         with sc.SpiceClient(uri=srv.uri) as c:
             c.wait_primary(timeout=15)
             c.wait_channel_open("inputs", timeout=10)
-            c.wait_for(lambda: stream_codec(srv.metrics()) == "h264", timeout=20,
+            c.wait_for(lambda: sc.stream_codec(srv.metrics()) == "h264", timeout=20,
                        what="an h264 stream")
             c.send_key(PAUSE_KEY)
             # Motion stopped: within a few seconds the stream ends (only the clock strip
             # still changes, which does not keep a stream alive) ...
-            c.wait_for(lambda: stream_codec(srv.metrics()) is None, timeout=10,
+            c.wait_for(lambda: sc.stream_codec(srv.metrics()) is None, timeout=10,
                        what="the stream to end after the pause")
             c.pump(1.0)
             # ... and the client's picture is the source's, exactly, below the clock strip.

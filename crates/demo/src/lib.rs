@@ -12,6 +12,7 @@
 
 mod canvas;
 mod font;
+pub mod guest;
 pub mod strip;
 
 use std::fmt;

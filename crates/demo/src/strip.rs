@@ -65,10 +65,15 @@ pub(crate) fn input_cells(s: &InputStrip) -> Vec<bool> {
 
 /// Paint one row of cells with its top at `y`; cells past the canvas's edge are clipped.
 pub(crate) fn draw_cells(c: &mut Canvas<'_>, y: u32, cells: &[bool]) {
+    draw_cells_at(c, 0, y, cells);
+}
+
+/// Paint one row of cells with its top-left corner at (`x`, `y`).
+pub(crate) fn draw_cells_at(c: &mut Canvas<'_>, x: u32, y: u32, cells: &[bool]) {
     let cell = i64::from(STRIP_CELL);
     for (i, on) in cells.iter().enumerate() {
         c.fill(
-            i as i64 * cell,
+            i64::from(x) + i as i64 * cell,
             y.into(),
             cell,
             cell,

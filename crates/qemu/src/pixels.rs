@@ -223,7 +223,7 @@ fn expand6(v: u16) -> u8 {
     ((v << 2) | (v >> 4)) as u8
 }
 
-fn check_size(width: i64, height: i64) -> Result<(u32, u32), FrameError> {
+pub(crate) fn check_size(width: i64, height: i64) -> Result<(u32, u32), FrameError> {
     let ok = (1..=i64::from(MAX_DIMENSION)).contains(&width)
         && (1..=i64::from(MAX_DIMENSION)).contains(&height)
         && (width as u64) * (height as u64) <= MAX_PIXELS;
@@ -270,7 +270,9 @@ pub struct Surface {
 /// What [`Surface::apply_update`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
-    /// The rectangle painted (in surface coordinates).
+    /// The rectangle whose pixels changed (in surface coordinates): the tight box inside the
+    /// update's rectangle, or the whole rectangle when the surface grew; when nothing changed,
+    /// the update's rectangle.
     pub rect: Rect,
     /// The surface had to grow to hold the rectangle (QEMU switched to a larger surface
     /// without a new `Scanout`, as VGA text mode does).
@@ -355,7 +357,7 @@ impl Surface {
             width,
             height,
         );
-        Ok(resized || changed)
+        Ok(resized || changed.is_some())
     }
 
     /// An `Update`: paint a `width` x `height` rectangle at (x, y). A rectangle reaching past
@@ -408,10 +410,11 @@ impl Surface {
             w,
             h,
         );
+        let full = Rect::new(x as u32, y as u32, w, h);
         Ok(Applied {
-            rect: Rect::new(x as u32, y as u32, w, h),
+            rect: if grew { full } else { changed.unwrap_or(full) },
             grew,
-            changed: changed || grew,
+            changed: changed.is_some() || grew,
         })
     }
 
@@ -488,7 +491,7 @@ fn blit(
     dy: u32,
     width: u32,
     height: u32,
-) -> bool {
+) -> Option<Rect> {
     let src_row = width as usize * format.bytes_per_pixel();
     let dst_row = width as usize * BYTES_PER_PIXEL;
     let direct = cfg!(target_endian = "little")
@@ -498,7 +501,10 @@ fn blit(
     } else {
         vec![0u8; dst_row]
     };
-    let mut changed = false;
+    // The box of pixels that really changed: QEMU's VGA reports whole scanlines (and resends
+    // unchanged ones), and a tight box keeps a clock or a video window from dirtying the rows'
+    // static parts.
+    let mut changed: Option<(usize, usize, usize, usize)> = None;
     for y in 0..height as usize {
         let s = &src[y * src_stride..y * src_stride + src_row];
         let d = (dy as usize + y) * dst_stride + dx as usize * BYTES_PER_PIXEL;
@@ -510,11 +516,28 @@ fn blit(
             &scratch
         };
         if d != converted {
+            let px = |(a, b): (&[u8], &[u8])| a != b;
+            let pairs = || {
+                d.chunks_exact(BYTES_PER_PIXEL)
+                    .zip(converted.chunks_exact(BYTES_PER_PIXEL))
+            };
+            let first = pairs().position(px).unwrap_or(0);
+            let last = width as usize - 1 - pairs().rev().position(px).unwrap_or(0);
             d.copy_from_slice(converted);
-            changed = true;
+            changed = Some(match changed {
+                None => (first, last, y, y),
+                Some((x0, x1, y0, _)) => (x0.min(first), x1.max(last), y0, y),
+            });
         }
     }
-    changed
+    changed.map(|(x0, x1, y0, y1)| {
+        Rect::new(
+            dx + x0 as u32,
+            dy + y0 as u32,
+            (x1 - x0 + 1) as u32,
+            (y1 - y0 + 1) as u32,
+        )
+    })
 }
 
 #[cfg(test)]
@@ -588,6 +611,27 @@ mod tests {
                 .unwrap();
             assert_eq!(px(&s, 0, 0), *want, "format {code:#x}");
         }
+    }
+
+    #[test]
+    fn whole_scanlines_with_a_small_change_give_a_tight_rect() {
+        let (w, h) = (64u32, 8u32);
+        let mut s = Surface::new();
+        s.apply_scanout(w, h, w * 4, XRGB, &vec![0u8; (w * h * 4) as usize])
+            .unwrap();
+        // QEMU's VGA resends rows 2..6 whole; only x 10..=20 of rows 3 and 4 differ.
+        let mut rows = vec![0u8; (w * 4 * 4) as usize];
+        for y in 1..3usize {
+            for x in 10..=20usize {
+                rows[y * (w as usize) * 4 + x * 4] = 0xff;
+            }
+        }
+        let a = s
+            .apply_update(0, 2, w as i32, 4, w * 4, XRGB, &rows)
+            .unwrap();
+        assert!(a.changed);
+        assert_eq!(a.rect, Rect::new(10, 3, 11, 2));
+        assert_eq!(px(&s, 20, 4), 0x0000ff);
     }
 
     #[test]

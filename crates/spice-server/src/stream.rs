@@ -159,18 +159,66 @@ impl StreamPolicy {
         }
         let span = (now.duration_since(start) + self.tuning.window / 2).as_secs_f32();
         let need = (self.tuning.hot_rate * span).max(2.0);
-        let t = self.tuning.tile;
-        let mut bb = Rect::default();
-        for row in 0..self.rows {
-            for col in 0..self.cols {
-                let i = (row * self.cols + col) as usize;
-                if f32::from(self.cur[i]) + f32::from(self.prev[i]) >= need {
-                    bb = bb.union(&Rect::new(col * t, row * t, t, t));
-                }
-            }
-        }
+        let hot: Vec<bool> = self
+            .cur
+            .iter()
+            .zip(&self.prev)
+            .map(|(c, p)| f32::from(*c) + f32::from(*p) >= need)
+            .collect();
+        let bb = self.large_regions(&hot);
         let bb = bb.clamp_to(self.size.0, self.size.1)?;
         Some(even(bb, self.size))
+    }
+
+    /// The bounding box of the hot regions (8-connected groups of hot tiles) that are at least
+    /// `min_side` tall and wide: a thin strip (a clock, a status line, a progress bar) changing
+    /// beside a video stays out of the stream and goes as lossless drawables.
+    fn large_regions(&self, hot: &[bool]) -> Rect {
+        let t = self.tuning.tile;
+        let min_side = (self.tuning.min_area as f64).sqrt() as u32;
+        let (cols, rows) = (self.cols as usize, self.rows as usize);
+        let mut seen = vec![false; hot.len()];
+        let mut stack = Vec::new();
+        let mut out = Rect::default();
+        for start in 0..hot.len() {
+            if !hot[start] || seen[start] {
+                continue;
+            }
+            seen[start] = true;
+            stack.push(start);
+            let mut region = Rect::default();
+            while let Some(i) = stack.pop() {
+                let (col, row) = (i % cols, i / cols);
+                region = region.union(&Rect::new(col as u32 * t, row as u32 * t, t, t));
+                for (dc, dr) in [
+                    (-1, -1),
+                    (0, -1),
+                    (1, -1),
+                    (-1, 0),
+                    (1, 0),
+                    (-1, 1),
+                    (0, 1),
+                    (1, 1),
+                ] {
+                    let (c, r) = (col as i64 + dc, row as i64 + dr);
+                    if c < 0 || r < 0 || c >= cols as i64 || r >= rows as i64 {
+                        continue;
+                    }
+                    let j = r as usize * cols + c as usize;
+                    if hot[j] && !seen[j] {
+                        seen[j] = true;
+                        stack.push(j);
+                    }
+                }
+            }
+            let region = region
+                .clamp_to(self.size.0, self.size.1)
+                .unwrap_or_default();
+            if region.w >= min_side && region.h >= min_side {
+                out = out.union(&region);
+            }
+        }
+        out
     }
 
     /// Feed one update's damage; returns what to do before sending it.
@@ -433,6 +481,38 @@ mod tests {
         }
         let after = stopped.expect("the stream stops although the clock keeps changing");
         assert!(after >= Duration::from_millis(1000) && after < Duration::from_millis(1100));
+    }
+
+    #[test]
+    fn a_clock_strip_beside_a_video_stays_out_of_the_stream() {
+        let mut p = policy();
+        let (clock, status) = (Rect::new(0, 0, 544, 16), Rect::new(16, 712, 360, 8));
+        let video = Rect::new(420, 106, 590, 580);
+        let mut t = Instant::now();
+        let started = loop {
+            t += Duration::from_millis(33);
+            if let StreamAction::Start(r) = p.on_update(t, &dmg(&[clock, video, status])) {
+                break r;
+            }
+        };
+        assert!(started.contains(&video), "{started:?}");
+        assert!(
+            started.y >= 64 && started.bottom() <= 704,
+            "{started:?} holds a thin strip"
+        );
+        // Two separate large regions: one stream over both.
+        let mut q = policy();
+        let other = Rect::new(40, 400, 200, 200);
+        let both = loop {
+            t += Duration::from_millis(33);
+            if let StreamAction::Start(r) = q.on_update(t, &dmg(&[clock, video, other])) {
+                break r;
+            }
+        };
+        assert!(
+            both.contains(&video) && both.contains(&other) && both.y >= 64,
+            "{both:?}"
+        );
     }
 
     #[test]

@@ -1,34 +1,49 @@
 //! The QEMU D-Bus display source: a VM's console, received over QEMU's `-display dbus`, written
 //! into a [`FrameBus`], with keyboard and mouse sent back.
 //!
-//! This is the 2D path in bus mode: QEMU runs with `-display dbus,addr=<address>` (or on the
-//! session bus) and owns `org.qemu` there. [`QemuDisplay::connect`]
+//! This is the 2D path, in one of two modes ([`QemuEndpoint`]):
 //!
-//! 1. connects to the bus, finds the owner of `org.qemu` (waiting for it if asked), reads the
+//! * **bus mode** ([`QemuDisplay::connect`]): QEMU runs with `-display dbus,addr=<address>` (or
+//!   on the session bus) and owns `org.qemu` there;
+//! * **peer-to-peer mode** ([`QemuDisplay::connect_qmp`]): QEMU runs with
+//!   `-display dbus,p2p=yes` and a QMP socket; we pass it one end of a socket pair with `getfd`
+//!   and `add_client @dbus-display`, QEMU serves its objects on it (it is the D-Bus server, we
+//!   authenticate as the client) and there is no bus.
+//!
+//! Either way, [`QemuDisplay`]
+//!
+//! 1. finds QEMU (bus mode: the owner of `org.qemu`, waiting for it if asked), reads the
 //!    VM's `Name` and `ConsoleIDs` and picks the first `Graphic` console (or the one given);
 //! 2. makes a socket pair, passes one end with `Console.RegisterListener` and serves our
 //!    `org.qemu.Display1.Listener` object on the other end over a peer-to-peer D-Bus
 //!    connection (we are the authentication client there, QEMU calls us);
 //! 3. applies each `Scanout` / `Update` to a shadow BGRx surface (converting from the pixman
-//!    format) and publishes it with [`FrameBus::try_write`], stamped with the receive time;
+//!    format) and publishes it with [`FrameBus::try_write`], stamped with the receive time
+//!    (QEMU ≥ 9.2 shares shareable surfaces as a memfd instead, `Listener.Unix.Map`, advertised
+//!    in the listener's `Interfaces`: the damaged rows are read from it with `pread`);
 //!    a frame the ring cannot take stays pending and is retried, so nothing is lost and QEMU
 //!    is never waited on;
-//! 4. keeps the guest cursor (`CursorDefine`, `MouseSet`) in a [`CursorState`] watch;
+//! 4. keeps the guest cursor (`CursorDefine`, `MouseSet`) in a [`CursorState`] watch
+//!    ([`CursorState::to_neutral`] gives the form the SPICE server takes);
 //! 5. sends input from [`QemuDisplay::input`] (an [`InputSink`]) as `Keyboard` / `Mouse` calls;
 //! 6. reports QEMU going away (the listener socket closing, `org.qemu` losing its owner, the
-//!    bus closing) through [`QemuDisplay::closed`] and [`QemuDisplay::state`]; the last frame
-//!    stays in the bus.
+//!    bus or the peer-to-peer connection closing) through [`QemuDisplay::closed`] and
+//!    [`QemuDisplay::state`]; the last frame stays in the bus.
 //!
 //! See `shared/docs/qemu-dbus-display.md` for the protocol.
 #![forbid(unsafe_code)]
 
+mod cursor;
 mod input;
 mod listener;
+mod map;
 mod pixels;
 mod proxies;
+mod qmp;
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +57,7 @@ use zbus::proxy::CacheProperties;
 
 pub use input::{button_to_qemu, scancode_to_qnum, QemuInput, QNUM_PAUSE, SCANCODE_PAUSE};
 pub use listener::{cursor_shape, CursorState, MAX_CURSOR_SIZE};
+pub use map::MAP_INTERFACE;
 pub use pixels::{Applied, FrameError, PixelFormat, Surface, MAX_DIMENSION, MAX_PIXELS};
 pub use scanoutd_types::InputSink;
 
@@ -71,6 +87,66 @@ pub enum QemuError {
     Io(#[from] std::io::Error),
     #[error("QEMU did not complete the listener handshake within {0:?}")]
     HandshakeTimeout(Duration),
+    #[error("QMP socket {}: {source}", path.display())]
+    QmpConnect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("QMP socket {}: {source}", path.display())]
+    QmpIo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "QMP socket {}: nothing within {timeout:?} while waiting for {waiting}{}",
+        path.display(),
+        if *waiting == "the QMP greeting" {
+            " (QEMU serves one client per QMP socket at a time: give scanoutd a -qmp of its own)"
+        } else {
+            ""
+        }
+    )]
+    QmpTimeout {
+        path: PathBuf,
+        waiting: &'static str,
+        timeout: Duration,
+    },
+    #[error("{} is not a QMP socket: {detail}", path.display())]
+    NotQmp { path: PathBuf, detail: String },
+    #[error("QMP {command} failed: {class}: {desc}")]
+    QmpCommand {
+        command: &'static str,
+        class: String,
+        desc: String,
+    },
+    #[error(
+        "QEMU at {} refused the D-Bus display client (it needs -display dbus,p2p=yes): {desc}",
+        path.display()
+    )]
+    AddClient { path: PathBuf, desc: String },
+    #[error("QEMU did not complete the peer-to-peer D-Bus handshake within {0:?}")]
+    PeerHandshakeTimeout(Duration),
+}
+
+/// Where QEMU's D-Bus display is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QemuEndpoint {
+    /// A D-Bus bus address (e.g. `unix:path=/run/vm1/bus`) where QEMU, started with
+    /// `-display dbus,addr=ADDRESS`, owns [`ConnectOptions::bus_name`].
+    Bus(String),
+    /// QEMU's QMP unix socket; QEMU runs `-display dbus,p2p=yes` and gets a peer-to-peer D-Bus
+    /// connection through `add_client`. QEMU serves one client per QMP socket at a time, so
+    /// give this one its own `-qmp` (QEMU accepts several).
+    Qmp(PathBuf),
+}
+
+impl std::fmt::Display for QemuEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QemuEndpoint::Bus(address) => write!(f, "D-Bus bus {address}"),
+            QemuEndpoint::Qmp(path) => write!(f, "QMP socket {}", path.display()),
+        }
+    }
 }
 
 /// How [`QemuDisplay::connect`] finds its console.
@@ -84,9 +160,12 @@ pub struct ConnectOptions {
     pub wait_for_qemu: Duration,
     /// Input events queued towards QEMU before new ones are dropped.
     pub input_queue: usize,
-    /// Timeout of each call to QEMU (input, properties, registration); the listener
-    /// handshake may take twice this.
+    /// Timeout of each call to QEMU (input, properties, registration, each QMP step); the
+    /// D-Bus handshakes may take twice this.
     pub call_timeout: Duration,
+    /// Offer QEMU the shared-memory listener interface (`Listener.Unix.Map`, QEMU ≥ 9.2), so
+    /// shareable surfaces come as a memfd instead of inline pixels. Older QEMU ignores it.
+    pub shared_memory: bool,
 }
 
 impl Default for ConnectOptions {
@@ -97,6 +176,7 @@ impl Default for ConnectOptions {
             wait_for_qemu: Duration::ZERO,
             input_queue: 256,
             call_timeout: Duration::from_secs(5),
+            shared_memory: true,
         }
     }
 }
@@ -110,6 +190,8 @@ pub enum CloseReason {
     QemuLeftBus,
     /// The bus connection closed.
     BusClosed,
+    /// The peer-to-peer D-Bus connection to QEMU (QMP mode) closed.
+    PeerClosed,
     /// This side closed the link ([`QemuDisplay::close`] or drop).
     Local,
 }
@@ -120,6 +202,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::ListenerClosed => "QEMU closed the listener connection",
             CloseReason::QemuLeftBus => "QEMU left the bus",
             CloseReason::BusClosed => "the D-Bus connection closed",
+            CloseReason::PeerClosed => "QEMU closed the peer-to-peer D-Bus connection",
             CloseReason::Local => "closed by scanoutd",
         })
     }
@@ -141,10 +224,16 @@ impl LinkState {
 /// Counters of one [`QemuDisplay`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QemuStats {
-    /// `Scanout` messages applied.
+    /// `Scanout` messages applied (`ScanoutMap` included).
     pub scanouts: u64,
-    /// `Update` messages applied.
+    /// `Update` messages applied (`UpdateMap` included).
     pub updates: u64,
+    /// `ScanoutMap` messages applied: surfaces QEMU shared as memory (also in `scanouts`).
+    pub map_scanouts: u64,
+    /// `UpdateMap` messages applied (also in `updates`).
+    pub map_updates: u64,
+    /// Whether the current surface comes through shared memory (`ScanoutMap`).
+    pub shared_memory: bool,
     /// Malformed `Scanout` / `Update` messages ignored.
     pub frame_errors: u64,
     /// Updates that reached past the surface and grew it.
@@ -173,7 +262,9 @@ pub struct QemuDisplay {
     vm_uuid: String,
     console_id: u32,
     console_label: String,
-    owner: OwnedUniqueName,
+    endpoint: QemuEndpoint,
+    /// The unique name of QEMU on the bus (bus mode only).
+    owner: Option<OwnedUniqueName>,
     publisher: Arc<listener::Publisher>,
     cursor: watch::Receiver<CursorState>,
     state: watch::Receiver<LinkState>,
@@ -191,7 +282,8 @@ impl std::fmt::Debug for QemuDisplay {
         f.debug_struct("QemuDisplay")
             .field("vm_name", &self.vm_name)
             .field("console_id", &self.console_id)
-            .field("owner", &self.owner.as_str())
+            .field("endpoint", &self.endpoint)
+            .field("owner", &self.owner())
             .field("state", &*self.state.borrow())
             .finish_non_exhaustive()
     }
@@ -206,31 +298,89 @@ impl QemuDisplay {
         bus: FrameBus,
         opts: ConnectOptions,
     ) -> Result<Self, QemuError> {
-        let conn = zbus::connection::Builder::address(address)
-            .method_timeout(opts.call_timeout)
-            .build()
-            .await?;
-        let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
-        let owner = wait_for_owner(&dbus, &opts.bus_name, opts.wait_for_qemu).await?;
+        Self::connect_to(&QemuEndpoint::Bus(address.to_owned()), bus, opts).await
+    }
 
+    /// Peer-to-peer mode: connect to QEMU's QMP socket at `path` (QEMU runs
+    /// `-display dbus,p2p=yes -qmp unix:PATH,server=on,wait=off`), attach a D-Bus connection
+    /// with `getfd` + `add_client @dbus-display`, then proceed as [`QemuDisplay::connect`].
+    /// `opts.bus_name` and `opts.wait_for_qemu` do not apply. QEMU has one p2p display client
+    /// at a time: a later `add_client` (by anyone) takes the objects over.
+    pub async fn connect_qmp(
+        path: impl AsRef<Path>,
+        bus: FrameBus,
+        opts: ConnectOptions,
+    ) -> Result<Self, QemuError> {
+        Self::connect_to(&QemuEndpoint::Qmp(path.as_ref().to_owned()), bus, opts).await
+    }
+
+    /// Connect to QEMU's display at `endpoint` (either mode).
+    pub async fn connect_to(
+        endpoint: &QemuEndpoint,
+        bus: FrameBus,
+        opts: ConnectOptions,
+    ) -> Result<Self, QemuError> {
+        let (conn, link) = match endpoint {
+            QemuEndpoint::Bus(address) => {
+                let conn = zbus::connection::Builder::address(address.as_str())
+                    .method_timeout(opts.call_timeout)
+                    .build()
+                    .await?;
+                let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+                let owner = wait_for_owner(&dbus, &opts.bus_name, opts.wait_for_qemu).await?;
+                let link = MainLink::Bus {
+                    dbus,
+                    name: opts.bus_name.clone(),
+                    owner,
+                };
+                (conn, link)
+            }
+            QemuEndpoint::Qmp(path) => {
+                let ours = qmp::add_dbus_client(path, opts.call_timeout).await?;
+                // QEMU is the D-Bus server on this socket; we authenticate as the client.
+                let handshake = opts.call_timeout * 2;
+                let conn = tokio::time::timeout(
+                    handshake,
+                    zbus::connection::Builder::unix_stream(ours)
+                        .p2p()
+                        .method_timeout(opts.call_timeout)
+                        .build(),
+                )
+                .await
+                .map_err(|_| QemuError::PeerHandshakeTimeout(handshake))??;
+                (conn, MainLink::P2p)
+            }
+        };
+        Self::attach(conn, link, endpoint.clone(), bus, opts).await
+    }
+
+    /// Everything after reaching QEMU: the console, the listener, the tasks.
+    async fn attach(
+        conn: zbus::Connection,
+        link: MainLink,
+        endpoint: QemuEndpoint,
+        bus: FrameBus,
+        opts: ConnectOptions,
+    ) -> Result<Self, QemuError> {
+        let dest = link.destination()?;
         let vm = VmProxy::builder(&conn)
-            .destination(owner.clone())
+            .destination(dest.clone())
             .build()
             .await?;
         let vm_name = vm.name().await?;
         let vm_uuid = vm.uuid().await.unwrap_or_default();
         let ids = vm.console_ids().await?;
-        let (console_id, console) = pick_console(&conn, &owner, &ids, opts.console).await?;
+        let (console_id, console) = pick_console(&conn, &dest, &ids, opts.console).await?;
         let console_label = console.label().await.unwrap_or_default();
         let path = console_path(console_id);
         let keyboard = KeyboardProxy::builder(&conn)
-            .destination(owner.clone())
+            .destination(dest.clone())
             .path(path.clone())
             .cache_properties(CacheProperties::No)
             .build()
             .await?;
         let mouse = MouseProxy::builder(&conn)
-            .destination(owner.clone())
+            .destination(dest.clone())
             .path(path)
             .build()
             .await?;
@@ -238,16 +388,34 @@ impl QemuDisplay {
         // The listener: our end serves the object, QEMU gets the other end.
         let publisher = listener::Publisher::new(bus.clone());
         let (cursor_tx, cursor) = watch::channel(CursorState::default());
+        let map_slot = Arc::new(map::MapSlot::default());
         let object = listener::Listener {
             publisher: Arc::clone(&publisher),
             cursor: cursor_tx,
             dmabuf_warned: AtomicBool::new(false),
+            interfaces: if opts.shared_memory {
+                vec![MAP_INTERFACE.to_owned()]
+            } else {
+                Vec::new()
+            },
+            map: Arc::clone(&map_slot),
         };
         let (ours, theirs) = UnixStream::pair()?;
-        let build = zbus::connection::Builder::unix_stream(ours)
+        let mut build = zbus::connection::Builder::unix_stream(ours)
             .p2p()
-            .serve_at(LISTENER_PATH, object)
-            .build();
+            .serve_at(LISTENER_PATH, object);
+        if opts.shared_memory {
+            // Served before the connection processes anything: QEMU's GetAll on it comes
+            // right after the handshake.
+            build = build.serve_at(
+                LISTENER_PATH,
+                map::MapListener {
+                    publisher: Arc::clone(&publisher),
+                    slot: map_slot,
+                },
+            );
+        }
+        let build = build.build();
         // QEMU answers RegisterListener, then runs the D-Bus handshake on its end of the
         // socket: both sides proceed at once.
         let register = async {
@@ -267,8 +435,8 @@ impl QemuDisplay {
         registered?;
         let listener_conn = listener_conn?;
         tracing::info!(
-            vm = %vm_name, console = console_id, label = %console_label, owner = %owner,
-            "registered as display listener of QEMU"
+            vm = %vm_name, console = console_id, label = %console_label, via = %endpoint,
+            shared_memory = opts.shared_memory, "registered as display listener of QEMU"
         );
 
         let (state_tx, state) = watch::channel(LinkState::Connected);
@@ -290,9 +458,7 @@ impl QemuDisplay {
             tokio::spawn(watch_link(
                 conn.clone(),
                 listener_conn.clone(),
-                dbus,
-                opts.bus_name.clone(),
-                owner.clone(),
+                link.clone(),
                 Arc::clone(&state_tx),
             )),
         ];
@@ -303,7 +469,8 @@ impl QemuDisplay {
             vm_uuid,
             console_id,
             console_label,
-            owner,
+            endpoint,
+            owner: link.owner(),
             publisher,
             cursor,
             state,
@@ -335,9 +502,15 @@ impl QemuDisplay {
         &self.console_label
     }
 
-    /// The unique bus name of the QEMU process we registered with.
+    /// The unique bus name of the QEMU process we registered with (empty in peer-to-peer
+    /// mode, where there is no bus).
     pub fn owner(&self) -> &str {
-        self.owner.as_str()
+        self.owner.as_ref().map_or("", |o| o.as_str())
+    }
+
+    /// Where QEMU was reached.
+    pub fn endpoint(&self) -> &QemuEndpoint {
+        &self.endpoint
     }
 
     /// The bus the frames go to.
@@ -386,6 +559,9 @@ impl QemuDisplay {
         QemuStats {
             scanouts: d.scanouts.load(Ordering::Relaxed),
             updates: d.updates.load(Ordering::Relaxed),
+            map_scanouts: d.map_scanouts.load(Ordering::Relaxed),
+            map_updates: d.map_updates.load(Ordering::Relaxed),
+            shared_memory: d.path.load(Ordering::Relaxed) == listener::FramePath::Map as u8,
             frame_errors: d.frame_errors.load(Ordering::Relaxed),
             surface_grown: d.grown.load(Ordering::Relaxed),
             frames_published: self.publisher.frames_published(),
@@ -437,6 +613,38 @@ impl Drop for QemuDisplay {
     }
 }
 
+/// The main connection to QEMU: how proxies address it and how its departure shows.
+#[derive(Clone)]
+enum MainLink {
+    /// On a bus, QEMU is the unique name that owned `name` when we connected.
+    Bus {
+        dbus: zbus::fdo::DBusProxy<'static>,
+        name: String,
+        owner: OwnedUniqueName,
+    },
+    /// Peer to peer (QMP `add_client`): no bus, no names.
+    P2p,
+}
+
+impl MainLink {
+    /// The destination for proxies. On a p2p connection messages carry no sender, so a unique
+    /// name would filter out every signal; a well-known name is not checked against senders
+    /// (and QEMU ignores the destination there).
+    fn destination(&self) -> Result<BusName<'static>, QemuError> {
+        Ok(match self {
+            MainLink::Bus { owner, .. } => BusName::from(owner.clone().into_inner()),
+            MainLink::P2p => BusName::try_from(QEMU_BUS_NAME)?,
+        })
+    }
+
+    fn owner(&self) -> Option<OwnedUniqueName> {
+        match self {
+            MainLink::Bus { owner, .. } => Some(owner.clone()),
+            MainLink::P2p => None,
+        }
+    }
+}
+
 fn console_path(id: u32) -> String {
     format!("/org/qemu/Display1/Console_{id}")
 }
@@ -473,7 +681,7 @@ async fn wait_for_owner(
 
 async fn pick_console(
     conn: &zbus::Connection,
-    owner: &OwnedUniqueName,
+    dest: &BusName<'static>,
     ids: &[u32],
     wanted: Option<u32>,
 ) -> Result<(u32, ConsoleProxy<'static>), QemuError> {
@@ -487,7 +695,7 @@ async fn pick_console(
             continue;
         }
         let console = ConsoleProxy::builder(conn)
-            .destination(owner.clone())
+            .destination(dest.clone())
             .path(console_path(id))
             .build()
             .await?;
@@ -531,11 +739,21 @@ async fn watch_size(
 async fn watch_link(
     conn: zbus::Connection,
     listener_conn: zbus::Connection,
-    dbus: zbus::fdo::DBusProxy<'static>,
-    name: String,
-    owner: OwnedUniqueName,
+    link: MainLink,
     state: Arc<watch::Sender<LinkState>>,
 ) {
+    let (dbus, name, owner) = match link {
+        MainLink::Bus { dbus, name, owner } => (dbus, name, owner),
+        MainLink::P2p => {
+            let reason = tokio::select! {
+                _ = listener_conn.closed() => CloseReason::ListenerClosed,
+                _ = conn.closed() => CloseReason::PeerClosed,
+            };
+            tracing::warn!(%reason, "QEMU display link closed; keeping the last frame");
+            set_closed(&state, reason);
+            return;
+        }
+    };
     let owner_gone = async {
         let Ok(mut changes) = dbus
             .receive_name_owner_changed_with_args(&[(0, name.as_str())])
@@ -570,6 +788,10 @@ async fn watch_link(
         _ = owner_gone => CloseReason::QemuLeftBus,
     };
     tracing::warn!(%reason, owner = %owner, "QEMU display link closed; keeping the last frame");
+    set_closed(&state, reason);
+}
+
+fn set_closed(state: &watch::Sender<LinkState>, reason: CloseReason) {
     state.send_if_modified(|s| {
         if s.is_closed() {
             return false;

@@ -1,7 +1,7 @@
 //! Our `org.qemu.Display1.Listener` object, served on the p2p connection QEMU calls, and the
 //! publisher that moves the shadow surface into the frame bus.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,7 @@ use scanoutd_ring::{FrameBus, WriteOutcome};
 use scanoutd_types::{unix_ms, CursorShape, Damage, Frame, Rect, BYTES_PER_PIXEL};
 use tokio::sync::watch;
 
+use crate::map::MapSlot;
 use crate::pixels::{FrameError, Surface};
 
 /// How long to wait before retrying a frame the ring could not take (every slot held by a
@@ -49,6 +50,22 @@ pub(crate) struct DisplayCounters {
     pub(crate) disabled: AtomicBool,
     /// Pixman format of the last Scanout / Update applied.
     pub(crate) format: AtomicU32,
+    /// `ScanoutMap` / `UpdateMap` applied (also counted in `scanouts` / `updates`).
+    pub(crate) map_scanouts: AtomicU64,
+    pub(crate) map_updates: AtomicU64,
+    /// The [`FramePath`] of the last full surface, as a number (0: none yet).
+    pub(crate) path: AtomicU8,
+    /// Switches between the paths logged at info so far.
+    pub(crate) path_logged: AtomicU64,
+}
+
+/// How QEMU delivers the pixels of the current surface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FramePath {
+    /// `Scanout` / `Update`: the pixels inside each message.
+    Inline = 1,
+    /// `ScanoutMap` / `UpdateMap`: a shared memfd, read on each update.
+    Map = 2,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -207,6 +224,27 @@ impl Publisher {
         self.publish_locked(&mut st);
     }
 
+    /// Record (and log at info when it changes) how QEMU sends the current surface.
+    pub(crate) fn note_path(&self, path: FramePath) {
+        let before = self.counters.path.swap(path as u8, Ordering::Relaxed);
+        if before == path as u8 {
+            return;
+        }
+        let what = match path {
+            FramePath::Inline => "QEMU sends the surface inline (Scanout/Update)",
+            FramePath::Map => {
+                "QEMU shares the surface through memory (ScanoutMap/UpdateMap, memfd)"
+            }
+        };
+        // A surface switch each: a guest flipping between shareable and VRAM-backed surfaces
+        // many times gets its later switches at debug.
+        if self.counters.path_logged.fetch_add(1, Ordering::Relaxed) < 16 {
+            tracing::info!("{what}");
+        } else {
+            tracing::debug!("{what}");
+        }
+    }
+
     pub(crate) fn disable(&self) {
         if !self.counters.disabled.swap(true, Ordering::Relaxed) {
             tracing::info!("QEMU console disabled (scanout off): keeping the last picture");
@@ -339,6 +377,10 @@ pub(crate) struct Listener {
     pub(crate) publisher: Arc<Publisher>,
     pub(crate) cursor: watch::Sender<CursorState>,
     pub(crate) dmabuf_warned: AtomicBool,
+    /// Optional interfaces served on the same object (the `Interfaces` property).
+    pub(crate) interfaces: Vec<String>,
+    /// The shared surface of `Listener.Unix.Map`, dropped when QEMU goes back to inline data.
+    pub(crate) map: Arc<MapSlot>,
 }
 
 impl Listener {
@@ -379,9 +421,13 @@ impl Listener {
             format = format_args!("{pixman_format:#x}"),
             "Scanout"
         );
+        // A surface QEMU cannot share: whatever was mapped before is stale.
+        self.map.clear();
         self.publisher
             .scanout(width, height, stride, pixman_format, data)
-            .map_err(|e| self.frame_error("Scanout", &e))
+            .map_err(|e| self.frame_error("Scanout", &e))?;
+        self.publisher.note_path(FramePath::Inline);
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -440,6 +486,7 @@ impl Listener {
     fn update_dmabuf(&self, _x: i32, _y: i32, _width: i32, _height: i32) {}
 
     fn disable(&self) {
+        self.map.clear();
         self.publisher.disable();
     }
 
@@ -472,10 +519,11 @@ impl Listener {
         Ok(())
     }
 
-    /// Optional listener interfaces we implement: none yet (plain Scanout / Update).
+    /// Optional listener interfaces we implement, read once by QEMU at registration:
+    /// `org.qemu.Display1.Listener.Unix.Map` unless shared memory is turned off.
     #[zbus(property)]
     fn interfaces(&self) -> Vec<String> {
-        Vec::new()
+        self.interfaces.clone()
     }
 }
 
@@ -663,6 +711,8 @@ mod tests {
             publisher: Publisher::new(bus.clone()),
             cursor: cursor_tx,
             dmabuf_warned: AtomicBool::new(false),
+            interfaces: Vec::new(),
+            map: Arc::default(),
         };
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let client = zbus::connection::Builder::unix_stream(ours)

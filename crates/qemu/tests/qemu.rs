@@ -3,96 +3,27 @@
 //! and killed by PID in a Drop guard; every file lives in a temporary directory removed at the
 //! end. Skipped, with the reason printed, when `qemu-system-x86_64` or `dbus-daemon` is missing.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+mod common;
+
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::*;
 use scanoutd_qemu::{CloseReason, ConnectOptions, InputSink, LinkState, QemuDisplay, QemuError};
 use scanoutd_ring::FrameBus;
-use scanoutd_types::{Frame, InputEvent, MouseButton};
+use scanoutd_types::{InputEvent, MouseButton};
 
-const QEMU: &str = "qemu-system-x86_64";
 const DBUS_DAEMON: &str = "dbus-daemon";
-
-/// One VM at a time: the machine has two cores, and TCG timing should not depend on how many
-/// tests run together.
-static VM_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "scanoutd_qemu=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-fn in_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-}
-
-/// `Some(reason)` when the test cannot run here.
-fn missing_tools() -> Option<String> {
-    let missing: Vec<&str> = [QEMU, DBUS_DAEMON]
-        .into_iter()
-        .filter(|p| !in_path(p))
-        .collect();
-    (!missing.is_empty()).then(|| format!("not installed: {}", missing.join(", ")))
-}
 
 macro_rules! require_tools {
     () => {
-        if let Some(reason) = missing_tools() {
+        if let Some(reason) = missing(&[QEMU, DBUS_DAEMON]) {
             eprintln!("SKIPPED: {reason}");
             return;
         }
     };
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Short: unix socket paths are limited to 108 bytes.
-        let dir = std::env::temp_dir().join(format!("sq-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process killed (by its PID) and reaped on drop.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn kill(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        eprintln!("stopping {} (pid {})", self.name, self.child.id());
-        self.kill();
-    }
 }
 
 struct Vm {
@@ -110,44 +41,13 @@ impl Vm {
         let dbus = start_bus(&dir.0);
         let address = format!("unix:path={}", dir.0.join("bus").display());
         let qmp_path = dir.0.join("qmp.sock");
-        let qemu_log = std::fs::File::create(dir.0.join("qemu.log")).expect("qemu log");
         let display = format!("dbus,addr={address}");
         let qmp = format!("unix:{},server=on,wait=off", qmp_path.display());
-        let mut args = vec![
-            "-display",
-            &display,
-            "-machine",
-            "pc",
-            "-m",
-            "64",
-            "-nodefaults",
-            "-vga",
-            "std",
-            "-qmp",
-            &qmp,
-            "-accel",
-            "tcg",
-            "-name",
-            "scanoutd-test",
-        ];
+        let mut args = vec!["-display", &display, "-qmp", &qmp];
         args.extend_from_slice(extra_qemu_args);
-        let child = Command::new(QEMU)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(qemu_log.try_clone().expect("log fd"))
-            .stderr(qemu_log)
-            .spawn()
-            .expect("start qemu");
-        eprintln!(
-            "started qemu (pid {}): {QEMU} {}",
-            child.id(),
-            args.join(" ")
-        );
+        let qemu = spawn_qemu(&args, &dir.0.join("qemu.log"));
         Vm {
-            qemu: Proc {
-                name: "qemu",
-                child,
-            },
+            qemu,
             _dbus: dbus,
             address,
             qmp_path,
@@ -235,177 +135,13 @@ fn start_bus(dir: &Path) -> Proc {
     }
 }
 
-/// A minimal QMP client (JSON lines over the unix socket).
-struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Qmp {
-    fn connect(path: &Path) -> Qmp {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("QMP connect {}: {e}", path.display()),
-            }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("read timeout");
-        let mut qmp = Qmp {
-            reader: BufReader::new(stream.try_clone().expect("clone")),
-            writer: stream,
-        };
-        let greeting = qmp.line();
-        assert!(greeting.contains("\"QMP\""), "QMP greeting: {greeting}");
-        qmp.execute(r#"{"execute":"qmp_capabilities"}"#);
-        qmp
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("QMP read");
-        assert!(!line.is_empty(), "QMP closed");
-        line
-    }
-
-    /// Send a command and return its reply line (events in between are skipped).
-    fn execute(&mut self, cmd: &str) -> String {
-        self.writer
-            .write_all(format!("{cmd}\n").as_bytes())
-            .expect("QMP write");
-        loop {
-            let line = self.line();
-            if line.contains("\"return\"") {
-                return line;
-            }
-            assert!(!line.contains("\"error\""), "QMP {cmd} failed: {line}");
-        }
-    }
-}
-
-/// A binary PPM (P6, maxval 255): (width, height, RGB bytes).
-fn read_ppm(path: &Path) -> (u32, u32, Vec<u8>) {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .expect("open ppm")
-        .read_to_end(&mut bytes)
-        .expect("read ppm");
-    let mut fields = Vec::new();
-    let mut i = 0;
-    while fields.len() < 4 {
-        while bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if bytes[i] == b'#' {
-            while bytes[i] != b'\n' {
-                i += 1;
-            }
-            continue;
-        }
-        let start = i;
-        while !bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        fields.push(String::from_utf8_lossy(&bytes[start..i]).into_owned());
-    }
-    i += 1; // the single whitespace after maxval
-    assert_eq!(fields[0], "P6");
-    assert_eq!(fields[3], "255");
-    let w: u32 = fields[1].parse().expect("width");
-    let h: u32 = fields[2].parse().expect("height");
-    let data = bytes[i..].to_vec();
-    assert_eq!(data.len(), (w * h * 3) as usize, "ppm size");
-    (w, h, data)
-}
-
-/// How many pixels of `frame` differ from the PPM (RGB compared), or `None` on a size
-/// mismatch.
-fn diff_ppm(frame: &Frame, ppm: &(u32, u32, Vec<u8>)) -> Option<usize> {
-    let (w, h, rgb) = ppm;
-    if (frame.width, frame.height) != (*w, *h) {
-        return None;
-    }
-    let mut bad = 0;
-    for y in 0..*h {
-        for x in 0..*w {
-            let o = ((y * w + x) * 3) as usize;
-            let want = u32::from_be_bytes([0, rgb[o], rgb[o + 1], rgb[o + 2]]);
-            if frame.pixel(x, y) != want {
-                bad += 1;
-            }
-        }
-    }
-    Some(bad)
-}
-
-/// Wait (bounded) until the bus has a frame.
-async fn first_frame(bus: &FrameBus, within: Duration) -> std::sync::Arc<Frame> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(f) = bus.latest() {
-            return f;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no frame from QEMU within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Wait (bounded) until no frame has been published for `quiet`.
-async fn settle(bus: &FrameBus, quiet: Duration, within: Duration) {
-    let deadline = Instant::now() + within;
-    let mut last = bus.published();
-    let mut since = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = bus.published();
-        if now != last {
-            last = now;
-            since = Instant::now();
-        } else if since.elapsed() >= quiet {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the picture never settled");
-    }
-}
-
-/// Take QEMU's own screendump and compare it with the bus's newest frame, a few times if the
-/// picture moved in between. Returns (differing pixels, frame size, screendump size).
+/// QEMU's screendump against the bus's newest frame (see [`common::compare_with_screendump`]).
 async fn compare_with_screendump(
     vm: &Vm,
     qmp: &mut Qmp,
     bus: &FrameBus,
 ) -> (Option<usize>, u32, u32, u32, u32) {
-    let shot = vm.dir.0.join("shot.ppm");
-    let mut result = None;
-    for attempt in 0..5 {
-        qmp.execute(&format!(
-            r#"{{"execute":"screendump","arguments":{{"filename":"{}"}}}}"#,
-            shot.display()
-        ));
-        // screendump refreshes the console first; let any update it caused arrive.
-        settle(bus, Duration::from_millis(300), Duration::from_secs(10)).await;
-        let ppm = read_ppm(&shot);
-        let frame = bus.latest().expect("frame");
-        let diff = diff_ppm(&frame, &ppm);
-        eprintln!(
-            "attempt {attempt}: frame {}x{} seq {}, screendump {}x{}, differing pixels {diff:?}",
-            frame.width, frame.height, frame.seq, ppm.0, ppm.1
-        );
-        result = Some((diff, frame.width, frame.height, ppm.0, ppm.1));
-        if diff == Some(0) {
-            break;
-        }
-    }
-    result.expect("compared")
+    common::compare_with_screendump(&vm.dir.0, qmp, bus).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -659,18 +395,7 @@ async fn killing_qemu_closes_the_link_and_keeps_the_frame() {
 
 /// Wait (bounded) until QEMU's log has `count` lines containing `needle`.
 async fn wait_for_log(vm: &Vm, needle: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = vm.qemu_log();
-        if log.lines().filter(|l| l.contains(needle)).count() >= count {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "QEMU never logged {needle:?} x{count}:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_for_log(&vm.dir.0.join("qemu.log"), needle, count).await
 }
 
 /// QEMU's own trace events (`-trace`, printed to its log) show the listener going away when

@@ -65,8 +65,10 @@ struct RenderArgs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SourceSpec {
     Demo,
-    /// QEMU's D-Bus display (`-display dbus,addr=ADDRESS`) on the D-Bus bus at this address.
-    QemuDbus(String),
+    /// QEMU's D-Bus display: on a D-Bus bus (`qemu-dbus:ADDRESS`, QEMU runs
+    /// `-display dbus,addr=ADDRESS`), or peer to peer through QEMU's QMP socket
+    /// (`qemu-qmp:PATH`, QEMU runs `-display dbus,p2p=yes`).
+    Qemu(scanoutd_qemu::QemuEndpoint),
 }
 
 fn parse_source(s: &str) -> Result<SourceSpec, String> {
@@ -79,10 +81,23 @@ fn parse_source(s: &str) -> Result<SourceSpec, String> {
                 "qemu-dbus: needs a D-Bus address, e.g. qemu-dbus:unix:path=/run/vm1/bus".into(),
             );
         }
-        return Ok(SourceSpec::QemuDbus(addr.to_string()));
+        return Ok(SourceSpec::Qemu(scanoutd_qemu::QemuEndpoint::Bus(
+            addr.to_string(),
+        )));
+    }
+    if let Some(path) = s.strip_prefix("qemu-qmp:") {
+        if path.is_empty() {
+            return Err(
+                "qemu-qmp: needs the path of QEMU's QMP socket, e.g. qemu-qmp:/run/vm1/display.sock"
+                    .into(),
+            );
+        }
+        return Ok(SourceSpec::Qemu(scanoutd_qemu::QemuEndpoint::Qmp(
+            PathBuf::from(path),
+        )));
     }
     Err(format!(
-        "unknown source {s:?}: expected demo or qemu-dbus:ADDRESS"
+        "unknown source {s:?}: expected demo, qemu-dbus:ADDRESS or qemu-qmp:PATH"
     ))
 }
 
@@ -136,9 +151,12 @@ struct ServeArgs {
     /// Address and port to accept SPICE clients on.
     #[arg(long, default_value = "127.0.0.1:5900", value_name = "HOST:PORT")]
     listen: SocketAddr,
-    /// Where the picture comes from: `demo` (built in), or `qemu-dbus:ADDRESS` for a QEMU
+    /// Where the picture comes from: `demo` (built in); `qemu-dbus:ADDRESS` for a QEMU
     /// started with `-display dbus,addr=ADDRESS` (a D-Bus bus address such as
-    /// unix:path=/run/vm1/bus, where QEMU owns org.qemu).
+    /// unix:path=/run/vm1/bus, where QEMU owns org.qemu); or `qemu-qmp:PATH` for a QEMU started
+    /// with `-display dbus,p2p=yes -qmp unix:PATH,server=on,wait=off` (no bus: scanoutd hands
+    /// QEMU a socket through QMP's add_client; QEMU serves one client per QMP socket, so give
+    /// scanoutd a -qmp of its own).
     #[arg(long, default_value = "demo", value_parser = parse_source, value_name = "SOURCE")]
     source: SourceSpec,
     /// With a QEMU source: the console to show (default: the first graphic console).
@@ -296,6 +314,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let (encoders, codecs) = encoders(&args)?;
     let bus = FrameBus::new();
     let mut demo = None;
+    // The source's pointer, for sources that have one (the demo shows the default arrow).
+    let mut cursor_feed = None;
     let (input, start_unix_ms, mut source_task): (Arc<dyn scanoutd_types::InputSink>, u64, _) =
         match &args.source {
             SourceSpec::Demo => {
@@ -308,13 +328,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
                     tokio::spawn(std::future::pending());
                 (input, start, idle)
             }
-            SourceSpec::QemuDbus(address) => {
+            SourceSpec::Qemu(endpoint) => {
                 let input = Arc::new(qemu_source::SwitchableInput::default());
+                let (cursor_tx, cursor_rx) =
+                    tokio::sync::watch::channel(scanoutd_types::CursorState::default());
+                cursor_feed = Some(cursor_rx);
                 let task = tokio::spawn(qemu_source::run(
-                    address.clone(),
+                    endpoint.clone(),
                     args.console,
                     bus.clone(),
                     Arc::clone(&input),
+                    cursor_tx,
                     args.on_qemu_exit == OnQemuExit::Exit,
                 ));
                 (input as Arc<dyn scanoutd_types::InputSink>, 0, task)
@@ -348,7 +372,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    let server = SpiceServer::new(cfg, bus.clone(), input, encoders, Arc::clone(&metrics));
+    let server = match cursor_feed {
+        Some(cursor) => SpiceServer::with_cursor(
+            cfg,
+            bus.clone(),
+            input,
+            encoders,
+            Arc::clone(&metrics),
+            cursor,
+        ),
+        None => SpiceServer::new(cfg, bus.clone(), input, encoders, Arc::clone(&metrics)),
+    };
 
     let http = match args.metrics {
         Some(addr) => {
@@ -373,8 +407,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
             args.fps,
             listener.local_addr()?
         ),
-        SourceSpec::QemuDbus(address) => tracing::info!(
-            "serving QEMU's display from {address} on spice://{}",
+        SourceSpec::Qemu(endpoint) => tracing::info!(
+            "serving QEMU's display from its {endpoint} on spice://{}",
             listener.local_addr()?
         ),
     }

@@ -1,13 +1,15 @@
-//! The QEMU source: keeps a connection to a VM's D-Bus display, re-establishing it when QEMU
-//! goes away and comes back (or ending the service, by option).
+//! The QEMU source: keeps a connection to a VM's D-Bus display (on a bus, or peer to peer
+//! through its QMP socket), re-establishing it when QEMU goes away and comes back (or ending the
+//! service, by option).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use scanoutd_qemu::{ConnectOptions, QemuDisplay};
+use scanoutd_qemu::{ConnectOptions, QemuDisplay, QemuEndpoint};
 use scanoutd_ring::FrameBus;
-use scanoutd_types::{InputEvent, InputSink};
+use scanoutd_types::{CursorState, InputEvent, InputSink};
+use tokio::sync::watch;
 
 /// The input sink handed to the SPICE server: forwards to the current QEMU connection and
 /// drops events while there is none.
@@ -35,13 +37,15 @@ impl InputSink for SwitchableInput {
     }
 }
 
-/// Connect to QEMU's D-Bus display at `address` and keep the bus fed. Returns only when QEMU
-/// went away and `exit_on_close` is set (as an error), or never.
+/// Connect to QEMU's D-Bus display at `endpoint` and keep the bus fed. Returns only when QEMU
+/// went away and `exit_on_close` is set (as an error), or never. In QMP mode every attempt is a
+/// new `add_client` on the same socket, so a QEMU restarted there is picked up too.
 pub async fn run(
-    address: String,
+    endpoint: QemuEndpoint,
     console: Option<u32>,
     bus: FrameBus,
     input: Arc<SwitchableInput>,
+    cursor: watch::Sender<CursorState>,
     exit_on_close: bool,
 ) -> Result<()> {
     let mut attempts: u64 = 0;
@@ -51,7 +55,7 @@ pub async fn run(
             wait_for_qemu: Duration::from_secs(1),
             ..ConnectOptions::default()
         };
-        match QemuDisplay::connect(&address, bus.clone(), opts).await {
+        match QemuDisplay::connect_to(&endpoint, bus.clone(), opts).await {
             Ok(vm) => {
                 attempts = 0;
                 tracing::info!(
@@ -61,24 +65,48 @@ pub async fn run(
                     vm.console_label()
                 );
                 input.set(Some(Arc::new(vm.input())));
+                let follow = tokio::spawn(follow_cursor(vm.cursor(), cursor.clone()));
                 let reason = vm.closed().await;
                 input.set(None);
+                follow.abort();
                 tracing::warn!(
                     "QEMU's display went away ({reason:?}); clients keep the last picture"
                 );
                 if exit_on_close {
                     bail!("QEMU's display went away ({reason:?}) and --on-qemu-exit is exit");
                 }
-                tracing::info!("waiting for QEMU to come back on {address}");
+                tracing::info!("waiting for QEMU to come back on {endpoint}");
             }
             Err(e) => {
                 // Say it once, then every 30 attempts (about every half minute).
                 if attempts.is_multiple_of(30) {
-                    tracing::warn!("no QEMU display on {address} yet: {e}; retrying every second");
+                    tracing::warn!("no QEMU display on {endpoint} yet: {e}; retrying every second");
                 }
                 attempts += 1;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+        }
+    }
+}
+
+/// Copy one QEMU connection's cursor into the server's feed (which outlives connections, so
+/// clients follow a restarted QEMU) until that connection's cursor watch ends. Only real
+/// changes are published; the feed keeps the newest state.
+async fn follow_cursor(
+    mut from: watch::Receiver<scanoutd_qemu::CursorState>,
+    to: watch::Sender<CursorState>,
+) {
+    loop {
+        let next = from.borrow_and_update().to_neutral();
+        to.send_if_modified(|cur| {
+            let changed = *cur != next;
+            if changed {
+                *cur = next;
+            }
+            changed
+        });
+        if from.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -817,6 +817,9 @@ fn server_msg_name(channel: ChannelType, ty: u16) -> &'static str {
         (ChannelType::Display, display_server::SURFACE_CREATE) => "SURFACE_CREATE",
         (ChannelType::Cursor, cursor_server::INIT) => "CURSOR_INIT",
         (ChannelType::Cursor, cursor_server::SET) => "CURSOR_SET",
+        (ChannelType::Cursor, cursor_server::MOVE) => "CURSOR_MOVE",
+        (ChannelType::Cursor, cursor_server::TRAIL) => "CURSOR_TRAIL",
+        (ChannelType::Cursor, cursor_server::INVAL_ONE) => "CURSOR_INVAL_ONE",
         _ => "server message",
     }
 }

@@ -523,6 +523,23 @@ impl Cursor {
         }
     }
 
+    /// The same shape with CACHE_ME set: the client keeps it under `header.unique` (until
+    /// INVAL_ONE, INVAL_ALL, RESET or INIT).
+    pub fn cache_me(mut self) -> Self {
+        self.flags |= crate::consts::CURSOR_FLAG_CACHE_ME;
+        self
+    }
+
+    /// A shape the client cached earlier (FROM_CACHE): the header names it by `unique`, no
+    /// pixel data follows.
+    pub fn from_cache(header: CursorHeader) -> Self {
+        Cursor {
+            flags: crate::consts::CURSOR_FLAG_FROM_CACHE,
+            header: Some(header),
+            data: Vec::new(),
+        }
+    }
+
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         put_u16(out, self.flags);
         if self.flags & CURSOR_FLAG_NONE == 0 {

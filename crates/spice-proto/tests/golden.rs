@@ -516,6 +516,111 @@ fn cursor_init_alpha_32x32() {
     );
 }
 
+/// Encodes `msg`, checks its type and exact body, and that it decodes back on the cursor
+/// channel; a body cut inside its fixed part (the first `fixed` bytes; the rest is cursor
+/// data, which runs to the end of the message) must not decode.
+fn cursor_golden(msg: ServerMsg, ty: u16, body: &[u8], fixed: usize) {
+    let bytes = msg.to_bytes();
+    let (got_ty, got_body) = split(&bytes);
+    assert_eq!(got_ty, ty, "{msg:?}");
+    assert_eq!(got_body, body, "{msg:?}");
+    assert_eq!(
+        ServerMsg::decode(ChannelType::Cursor, ty, body).unwrap(),
+        msg
+    );
+    if fixed > 0 {
+        assert!(
+            ServerMsg::decode(ChannelType::Cursor, ty, &body[..fixed - 1]).is_err(),
+            "{msg:?} decoded from a short body"
+        );
+    }
+}
+
+#[test]
+fn cursor_set_alpha_cache_me_2x1() {
+    // SpiceMsgCursorSet: position Point16, visible u8, SpiceCursor (flags u16, header, data).
+    // Two pixels: opaque (B, G, R, A) = (0x10, 0x20, 0x30, 0xFF), then transparent.
+    let bgra = vec![0x10, 0x20, 0x30, 0xFF, 0x00, 0x00, 0x00, 0x00];
+    let msg = ServerMsg::CursorSet {
+        position: (300, -2),
+        visible: true,
+        cursor: Cursor::alpha(0x0102_0304_0506_0708, 2, 1, 1, 0, bgra.clone()).cache_me(),
+    };
+    let mut body = vec![
+        0x2C, 0x01, // x = 300
+        0xFE, 0xFF, // y = -2
+        1,    // visible
+        2, 0, // flags CACHE_ME
+        8, 7, 6, 5, 4, 3, 2, 1, // unique
+        0, // type ALPHA
+        2, 0, // width
+        1, 0, // height
+        1, 0, // hot x
+        0, 0, // hot y
+    ];
+    body.extend_from_slice(&bgra);
+    assert_eq!(body.len(), 5 + 2 + 17 + 8);
+    cursor_golden(msg, 103, &body, 5 + 2 + 17);
+}
+
+#[test]
+fn cursor_set_from_cache_has_a_header_and_no_data() {
+    let header = CursorHeader {
+        unique: 7,
+        ty: CURSOR_TYPE_ALPHA,
+        width: 64,
+        height: 64,
+        hot_x: 3,
+        hot_y: 4,
+    };
+    let msg = ServerMsg::CursorSet {
+        position: (10, 20),
+        visible: true,
+        cursor: Cursor::from_cache(header),
+    };
+    let body = [
+        10, 0, 20, 0, 1, // position, visible
+        4, 0, // flags FROM_CACHE
+        7, 0, 0, 0, 0, 0, 0, 0, // unique
+        0, 64, 0, 64, 0, 3, 0, 4, 0, // type, w, h, hot
+    ];
+    cursor_golden(msg, 103, &body, body.len());
+}
+
+#[test]
+fn cursor_move_hide_reset_trail_inval() {
+    cursor_golden(
+        ServerMsg::CursorMove(640, -1),
+        104,
+        &[0x80, 0x02, 0xFF, 0xFF],
+        4,
+    );
+    cursor_golden(ServerMsg::CursorHide, 105, &[], 0);
+    cursor_golden(ServerMsg::CursorReset, 102, &[], 0);
+    cursor_golden(
+        ServerMsg::CursorTrail {
+            length: 3,
+            frequency: 0x0102,
+        },
+        106,
+        &[3, 0, 2, 1],
+        4,
+    );
+    cursor_golden(
+        ServerMsg::CursorInvalOne(0x1122_3344_5566_7788),
+        107,
+        &[0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11],
+        8,
+    );
+    cursor_golden(ServerMsg::CursorInvalAll, 108, &[], 0);
+    // Whole messages: mini header (type u16, size u32) then the body.
+    assert_eq!(
+        ServerMsg::CursorMove(1, 2).to_bytes(),
+        vec![104, 0, 4, 0, 0, 0, 1, 0, 2, 0]
+    );
+    assert_eq!(ServerMsg::CursorHide.to_bytes(), vec![105, 0, 0, 0, 0, 0]);
+}
+
 #[test]
 fn unknown_types_are_tolerated() {
     assert_eq!(

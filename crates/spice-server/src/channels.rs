@@ -3,12 +3,14 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use scanoutd_types::{InputEvent, MouseButton};
-use spice_proto::{
-    ChannelType, ClientMsg, Cursor, CursorHeader, MainInit, MotionAck, ScancodeDecoder, ServerMsg,
-};
+use std::time::{Duration, Instant};
+
+use scanoutd_types::{CursorState, InputEvent, MouseButton};
+use spice_proto::{ChannelType, ClientMsg, MainInit, MotionAck, ScancodeDecoder, ServerMsg};
+use tokio::sync::watch;
 
 use crate::conn::Conn;
+use crate::cursor::CursorTracker;
 use crate::link::Linked;
 use crate::{ServerError, Session, SpiceServer, MOUSE_MODE_CLIENT, MOUSE_MODE_SERVER};
 
@@ -49,7 +51,7 @@ pub(crate) async fn run(server: &Arc<SpiceServer>, linked: Linked) {
         ChannelType::Main => main_channel(server, &session, &mut conn).await,
         ChannelType::Display => crate::display::run(server, &session, &mut conn, &mess).await,
         ChannelType::Inputs => inputs_channel(server, &session, &mut conn).await,
-        ChannelType::Cursor => cursor_channel(&session, &mut conn).await,
+        ChannelType::Cursor => cursor_channel(server, &session, &mut conn).await,
         _ => Ok(()),
     };
     match result {
@@ -130,7 +132,9 @@ async fn main_channel(
                 }
                 ClientMsg::MainMouseModeRequest(mode) => {
                     if mode == MOUSE_MODE_SERVER || mode == MOUSE_MODE_CLIENT {
-                        session.mouse_mode.store(mode, Relaxed);
+                        if session.mouse_mode.swap(mode, Relaxed) != mode {
+                            session.mouse_mode_changed.notify_one();
+                        }
                     } else {
                         tracing::debug!(peer = %conn.peer, "ignoring mouse mode request {mode}");
                     }
@@ -221,48 +225,41 @@ async fn inputs_channel(
     }
 }
 
-/// A plain 32x32 arrow pointer (white with a black outline), ALPHA format.
-fn default_cursor() -> Cursor {
-    const N: usize = 32;
-    let mut px = vec![0u8; N * N * 4];
-    let inside =
-        |x: i32, y: i32| (0..=18).contains(&y) && x >= 0 && x <= y * 2 / 3 && !(y == 18 && x > 0);
-    for y in 0..N as i32 {
-        for x in 0..N as i32 {
-            let o = (y as usize * N + x as usize) * 4;
-            if inside(x, y) {
-                let edge = !inside(x - 1, y)
-                    || !inside(x + 1, y)
-                    || !inside(x, y - 1)
-                    || !inside(x, y + 1);
-                let c = if edge { 0x00 } else { 0xff };
-                px[o..o + 4].copy_from_slice(&[c, c, c, 0xff]);
-            }
-        }
-    }
-    Cursor {
-        flags: 0,
-        header: Some(CursorHeader {
-            unique: 1,
-            ty: 0, // ALPHA
-            width: N as u16,
-            height: N as u16,
-            hot_x: 0,
-            hot_y: 0,
-        }),
-        data: px,
+/// At most one batch of cursor messages per this interval reaches a client; states that
+/// arrive in between are coalesced (the newest wins).
+const CURSOR_MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Wait for the next cursor state; never resolves without a feed.
+async fn cursor_changed(
+    feed: &mut Option<watch::Receiver<CursorState>>,
+) -> Result<(), watch::error::RecvError> {
+    match feed {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
     }
 }
 
-async fn cursor_channel(session: &Session, conn: &mut Conn) -> Result<(), ServerError> {
-    conn.send(&ServerMsg::CursorInit {
-        position: (0, 0),
-        trail_length: 0,
-        trail_frequency: 0,
-        visible: true,
-        cursor: default_cursor(),
-    })
-    .await?;
+/// The cursor channel: INIT with the source's current pointer (or the default arrow), then
+/// SET / MOVE / HIDE as the source's [`CursorState`] changes (see `cursor.rs`). The feed is a
+/// watch, so nothing queues per client; a client that stops reading stalls only this task.
+async fn cursor_channel(
+    server: &Arc<SpiceServer>,
+    session: &Session,
+    conn: &mut Conn,
+) -> Result<(), ServerError> {
+    let mut feed = server.cursor.clone();
+    let latest = |feed: &mut Option<watch::Receiver<CursorState>>| {
+        feed.as_mut()
+            .map(|rx| rx.borrow_and_update().clone())
+            .unwrap_or_default()
+    };
+    let mut state = latest(&mut feed);
+    let (mut tracker, first) = CursorTracker::start(&state, session.mouse_mode.load(Relaxed));
+    for m in &first {
+        conn.queue(m);
+    }
+    conn.flush().await?;
+    let mut last_sent = Instant::now();
     loop {
         while let Some(msg) = conn.next_message()? {
             if let Some(other) = common(conn, msg) {
@@ -272,6 +269,29 @@ async fn cursor_channel(session: &Session, conn: &mut Conn) -> Result<(), Server
         tokio::select! {
             _ = session.cancel.cancelled() => return Ok(()),
             r = conn.read_more() => if !r? { return Ok(()) },
+            changed = cursor_changed(&mut feed) => match changed {
+                Ok(()) => {
+                    let wait = CURSOR_MIN_INTERVAL.saturating_sub(last_sent.elapsed());
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    state = latest(&mut feed);
+                }
+                Err(_) => {
+                    // The source is gone for good: the client keeps what it has.
+                    tracing::debug!(peer = %conn.peer, "cursor feed closed");
+                    feed = None;
+                }
+            },
+            _ = session.mouse_mode_changed.notified() => {}
+        }
+        let msgs = tracker.update(&state, session.mouse_mode.load(Relaxed));
+        if !msgs.is_empty() {
+            for m in &msgs {
+                conn.queue(m);
+            }
+            conn.flush().await?;
+            last_sent = Instant::now();
         }
     }
 }

@@ -15,6 +15,7 @@
 mod auth;
 mod channels;
 mod conn;
+mod cursor;
 mod display;
 mod link;
 mod metrics;
@@ -28,10 +29,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use scanoutd_ring::FrameBus;
-use scanoutd_types::{Codec, EncoderFactory, InputSink};
+use scanoutd_types::{Codec, CursorState, EncoderFactory, InputSink};
 use spice_proto::LinkError;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -139,6 +140,8 @@ pub(crate) struct Session {
     /// main channel sends MULTI_MEDIA_TIME when `mm_changed` is notified.
     pub mm_margin_ms: AtomicU32,
     pub mm_changed: tokio::sync::Notify,
+    /// Notified when `mouse_mode` changes (the cursor channel then re-sends the position).
+    pub mouse_mode_changed: tokio::sync::Notify,
 }
 
 pub(crate) use spice_proto::consts::{MOUSE_MODE_CLIENT, MOUSE_MODE_SERVER};
@@ -152,6 +155,8 @@ pub struct SpiceServer {
     pub(crate) input: Arc<dyn InputSink>,
     pub(crate) encoders: Arc<dyn EncoderFactory>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The source's pointer; `None`: every client gets the default arrow.
+    pub(crate) cursor: Option<watch::Receiver<CursorState>>,
     pub(crate) keys: Arc<auth::KeyPool>,
     pub(crate) sessions: Mutex<HashMap<u32, Arc<Session>>>,
     pub(crate) shutdown: CancellationToken,
@@ -167,12 +172,38 @@ impl SpiceServer {
         encoders: Arc<dyn EncoderFactory>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        Self::build(cfg, bus, input, encoders, metrics, None)
+    }
+
+    /// Like [`SpiceServer::new`], with the source's pointer: every client's cursor channel
+    /// follows `cursor` (shape, position, visibility; latest wins, so a slow client only
+    /// skips states). Without it clients get a default arrow.
+    pub fn with_cursor(
+        cfg: ServerConfig,
+        bus: FrameBus,
+        input: Arc<dyn InputSink>,
+        encoders: Arc<dyn EncoderFactory>,
+        metrics: Arc<Metrics>,
+        cursor: watch::Receiver<CursorState>,
+    ) -> Arc<Self> {
+        Self::build(cfg, bus, input, encoders, metrics, Some(cursor))
+    }
+
+    fn build(
+        cfg: ServerConfig,
+        bus: FrameBus,
+        input: Arc<dyn InputSink>,
+        encoders: Arc<dyn EncoderFactory>,
+        metrics: Arc<Metrics>,
+        cursor: Option<watch::Receiver<CursorState>>,
+    ) -> Arc<Self> {
         Arc::new(SpiceServer {
             cfg,
             bus,
             input,
             encoders,
             metrics,
+            cursor,
             keys: auth::KeyPool::start(4),
             sessions: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),

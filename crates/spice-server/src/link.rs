@@ -264,6 +264,7 @@ fn new_session(server: &Arc<SpiceServer>) -> Arc<Session> {
         mouse_mode: AtomicU16::new(MOUSE_MODE_CLIENT),
         mm_margin_ms: AtomicU32::new(server.cfg.mm_time_margin_ms),
         mm_changed: tokio::sync::Notify::new(),
+        mouse_mode_changed: tokio::sync::Notify::new(),
     });
     session.stats.mm_margin_ms.store(
         u64::from(server.cfg.mm_time_margin_ms),

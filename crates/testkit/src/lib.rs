@@ -350,3 +350,172 @@ impl TestClient {
         }
     }
 }
+
+/// A cursor image as a cursor channel carries it (ALPHA: B, G, R, A bytes, top-down).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorImage {
+    pub width: u16,
+    pub height: u16,
+    pub hot_x: u16,
+    pub hot_y: u16,
+    pub bgra: Vec<u8>,
+}
+
+/// One cursor-channel message as the client understood it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorEvent {
+    Init {
+        visible: bool,
+    },
+    /// A SET (or the shape of INIT is not repeated here); `from_cache` when it named a cached
+    /// shape.
+    Set {
+        unique: u64,
+        from_cache: bool,
+    },
+    Move(i16, i16),
+    Hide,
+    Reset,
+    InvalOne(u64),
+    InvalAll,
+}
+
+/// What a stock client (spice-gtk 0.42 with its widget in client mouse mode) would show from
+/// the cursor messages it received: the shape cache, the shape, visibility and position.
+/// Messages spice-gtk would reject (SET before INIT, a FROM_CACHE id it does not have, a
+/// second INIT, a non-ALPHA shape) are errors.
+#[derive(Debug, Clone, Default)]
+pub struct CursorView {
+    pub init_done: bool,
+    /// `None` after a NONE cursor.
+    pub shape: Option<CursorImage>,
+    pub visible: bool,
+    /// The last MOVE (or INIT) position.
+    pub position: Option<(i16, i16)>,
+    pub events: Vec<CursorEvent>,
+    pub cache: std::collections::HashMap<u64, CursorImage>,
+}
+
+impl CursorView {
+    fn bad(what: &'static str) -> ClientError {
+        ClientError::Protocol(spice_proto::Error::InvalidData(what))
+    }
+
+    fn take_shape(&mut self, c: &spice_proto::Cursor) -> Result<Option<CursorImage>, ClientError> {
+        use spice_proto::consts::{
+            CURSOR_FLAG_CACHE_ME, CURSOR_FLAG_FROM_CACHE, CURSOR_FLAG_NONE, CURSOR_TYPE_ALPHA,
+        };
+        if c.flags & CURSOR_FLAG_NONE != 0 {
+            return Ok(None);
+        }
+        let h = c
+            .header
+            .ok_or_else(|| Self::bad("cursor without a header"))?;
+        if c.flags & CURSOR_FLAG_FROM_CACHE != 0 {
+            return match self.cache.get(&h.unique) {
+                Some(img) => Ok(Some(img.clone())),
+                None => Err(Self::bad(
+                    "FROM_CACHE names a shape the client does not have",
+                )),
+            };
+        }
+        if h.ty != CURSOR_TYPE_ALPHA {
+            return Err(Self::bad("not an ALPHA cursor"));
+        }
+        if c.data.len() != h.width as usize * h.height as usize * 4 || c.data.is_empty() {
+            return Err(Self::bad("ALPHA cursor data does not match its size"));
+        }
+        let img = CursorImage {
+            width: h.width,
+            height: h.height,
+            hot_x: h.hot_x,
+            hot_y: h.hot_y,
+            bgra: c.data.clone(),
+        };
+        if c.flags & CURSOR_FLAG_CACHE_ME != 0 {
+            self.cache.insert(h.unique, img.clone());
+        }
+        Ok(Some(img))
+    }
+
+    /// Apply one cursor-channel message.
+    pub fn apply(&mut self, msg: &ServerMsg) -> Result<(), ClientError> {
+        match msg {
+            ServerMsg::CursorInit {
+                position,
+                visible,
+                cursor,
+                ..
+            } => {
+                if self.init_done {
+                    return Err(Self::bad("a second CURSOR_INIT"));
+                }
+                self.cache.clear();
+                self.shape = self.take_shape(cursor)?;
+                self.init_done = true;
+                self.visible = *visible && self.shape.is_some();
+                self.position = Some(*position);
+                self.events.push(CursorEvent::Init { visible: *visible });
+            }
+            ServerMsg::CursorSet { cursor, .. } => {
+                if !self.init_done {
+                    return Err(Self::bad("CURSOR_SET before INIT"));
+                }
+                let unique = cursor.header.map_or(0, |h| h.unique);
+                let from_cache = cursor.flags & spice_proto::consts::CURSOR_FLAG_FROM_CACHE != 0;
+                self.shape = self.take_shape(cursor)?;
+                // The widget in client mode shows the new shape (and hides on NONE).
+                self.visible = self.shape.is_some();
+                self.events.push(CursorEvent::Set { unique, from_cache });
+            }
+            ServerMsg::CursorMove(x, y) => {
+                if !self.init_done {
+                    return Err(Self::bad("CURSOR_MOVE before INIT"));
+                }
+                self.position = Some((*x, *y));
+                self.visible = self.shape.is_some();
+                self.events.push(CursorEvent::Move(*x, *y));
+            }
+            ServerMsg::CursorHide => {
+                self.visible = false;
+                self.events.push(CursorEvent::Hide);
+            }
+            ServerMsg::CursorReset => {
+                self.cache.clear();
+                self.init_done = false;
+                self.events.push(CursorEvent::Reset);
+            }
+            ServerMsg::CursorInvalOne(id) => {
+                self.cache.remove(id);
+                self.events.push(CursorEvent::InvalOne(*id));
+            }
+            ServerMsg::CursorInvalAll => {
+                self.cache.clear();
+                self.events.push(CursorEvent::InvalAll);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Apply messages from a cursor `channel` until `pred(self)` holds; errors after `wait`.
+    pub async fn pump_until(
+        &mut self,
+        channel: &mut Channel,
+        wait: Duration,
+        mut pred: impl FnMut(&CursorView) -> bool,
+    ) -> Result<(), ClientError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if pred(self) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout("the cursor condition".into()));
+            }
+            let m = channel.recv(left).await?;
+            self.apply(&m)?;
+        }
+    }
+}

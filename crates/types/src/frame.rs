@@ -1,4 +1,4 @@
-//! CPU-side frames and cursor shapes.
+//! CPU-side frames.
 
 use crate::Rect;
 
@@ -77,16 +77,6 @@ impl Frame {
         }
         Some((r, out))
     }
-}
-
-/// A pointer image: `width * height` pixels of BGRA (little-endian `0xAARRGGBB`), top-down.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CursorShape {
-    pub width: u16,
-    pub height: u16,
-    pub hot_x: u16,
-    pub hot_y: u16,
-    pub pixels: Vec<u8>,
 }
 
 #[cfg(test)]

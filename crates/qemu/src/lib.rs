@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 mod cursor;
+mod dmabuf;
 mod input;
 mod listener;
 mod map;
@@ -44,7 +45,7 @@ mod qmp;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,7 @@ use tokio::task::JoinHandle;
 use zbus::names::{BusName, OwnedUniqueName};
 use zbus::proxy::CacheProperties;
 
+pub use dmabuf::{DmabufRead, DmabufReadFuture, DmabufReader, DMABUF2_INTERFACE, READ_TIMEOUT};
 pub use input::{button_to_qemu, scancode_to_qnum, QemuInput, QNUM_PAUSE, SCANCODE_PAUSE};
 pub use listener::{cursor_shape, CursorState, MAX_CURSOR_SIZE};
 pub use map::MAP_INTERFACE;
@@ -166,6 +168,9 @@ pub struct ConnectOptions {
     /// Offer QEMU the shared-memory listener interface (`Listener.Unix.Map`, QEMU ≥ 9.2), so
     /// shareable surfaces come as a memfd instead of inline pixels. Older QEMU ignores it.
     pub shared_memory: bool,
+    /// The GPU path for GL scanouts (`-display dbus,gl=on`): reads dmabufs into CPU memory.
+    /// `None`: GL scanouts are refused with a clear error (nothing could show them).
+    pub dmabuf: Option<Arc<dyn DmabufReader>>,
 }
 
 impl Default for ConnectOptions {
@@ -177,6 +182,7 @@ impl Default for ConnectOptions {
             input_queue: 256,
             call_timeout: Duration::from_secs(5),
             shared_memory: true,
+            dmabuf: None,
         }
     }
 }
@@ -252,6 +258,14 @@ pub struct QemuStats {
     pub input_skipped: u64,
     /// Input events dropped because the queue was full or the link closed.
     pub input_dropped: u64,
+    /// GL scanouts (`ScanoutDMABUF`/`2`) and their updates (`UpdateDMABUF`).
+    pub dmabuf_scanouts: u64,
+    pub dmabuf_updates: u64,
+    /// GL frames dropped: the GPU read failed, was refused (busy) or timed out; QEMU was
+    /// answered anyway.
+    pub dmabuf_failed: u64,
+    /// The longest an `UpdateDMABUF` was held before its reply, in microseconds.
+    pub dmabuf_max_hold_us: u64,
 }
 
 /// A connection to one QEMU console. Dropping it unregisters the listener and stops its tasks;
@@ -266,6 +280,7 @@ pub struct QemuDisplay {
     /// The unique name of QEMU on the bus (bus mode only).
     owner: Option<OwnedUniqueName>,
     publisher: Arc<listener::Publisher>,
+    dmabuf: Arc<dmabuf::DmabufSink>,
     cursor: watch::Receiver<CursorState>,
     state: watch::Receiver<LinkState>,
     state_tx: Arc<watch::Sender<LinkState>>,
@@ -389,15 +404,22 @@ impl QemuDisplay {
         let publisher = listener::Publisher::new(bus.clone());
         let (cursor_tx, cursor) = watch::channel(CursorState::default());
         let map_slot = Arc::new(map::MapSlot::default());
+        let dmabuf_sink = Arc::new(dmabuf::DmabufSink::new(
+            opts.dmabuf.clone(),
+            Arc::clone(&publisher),
+        ));
+        let mut interfaces = Vec::new();
+        if opts.shared_memory {
+            interfaces.push(MAP_INTERFACE.to_owned());
+        }
+        if opts.dmabuf.is_some() {
+            interfaces.push(DMABUF2_INTERFACE.to_owned());
+        }
         let object = listener::Listener {
             publisher: Arc::clone(&publisher),
             cursor: cursor_tx,
-            dmabuf_warned: AtomicBool::new(false),
-            interfaces: if opts.shared_memory {
-                vec![MAP_INTERFACE.to_owned()]
-            } else {
-                Vec::new()
-            },
+            dmabuf: Arc::clone(&dmabuf_sink),
+            interfaces,
             map: Arc::clone(&map_slot),
         };
         let (ours, theirs) = UnixStream::pair()?;
@@ -412,6 +434,14 @@ impl QemuDisplay {
                 map::MapListener {
                     publisher: Arc::clone(&publisher),
                     slot: map_slot,
+                },
+            );
+        }
+        if opts.dmabuf.is_some() {
+            build = build.serve_at(
+                LISTENER_PATH,
+                dmabuf::Dmabuf2Listener {
+                    sink: Arc::clone(&dmabuf_sink),
                 },
             );
         }
@@ -436,7 +466,8 @@ impl QemuDisplay {
         let listener_conn = listener_conn?;
         tracing::info!(
             vm = %vm_name, console = console_id, label = %console_label, via = %endpoint,
-            shared_memory = opts.shared_memory, "registered as display listener of QEMU"
+            shared_memory = opts.shared_memory, gpu = opts.dmabuf.is_some(),
+            "registered as display listener of QEMU"
         );
 
         let (state_tx, state) = watch::channel(LinkState::Connected);
@@ -472,6 +503,7 @@ impl QemuDisplay {
             endpoint,
             owner: link.owner(),
             publisher,
+            dmabuf: dmabuf_sink,
             cursor,
             state,
             state_tx,
@@ -556,6 +588,7 @@ impl QemuDisplay {
     pub fn stats(&self) -> QemuStats {
         let d = &self.publisher.counters;
         let i = &self.input_counters;
+        let g = &self.dmabuf.counters;
         QemuStats {
             scanouts: d.scanouts.load(Ordering::Relaxed),
             updates: d.updates.load(Ordering::Relaxed),
@@ -571,6 +604,10 @@ impl QemuDisplay {
             input_failed: i.failed.load(Ordering::Relaxed),
             input_skipped: i.skipped.load(Ordering::Relaxed),
             input_dropped: i.dropped.load(Ordering::Relaxed),
+            dmabuf_scanouts: g.scanouts.load(Ordering::Relaxed),
+            dmabuf_updates: g.updates.load(Ordering::Relaxed),
+            dmabuf_failed: g.failed.load(Ordering::Relaxed),
+            dmabuf_max_hold_us: g.max_hold_us.load(Ordering::Relaxed),
         }
     }
 }

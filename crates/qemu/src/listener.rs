@@ -376,7 +376,8 @@ fn copy_whole(surface: &Surface, frame: &mut Frame) {
 pub(crate) struct Listener {
     pub(crate) publisher: Arc<Publisher>,
     pub(crate) cursor: watch::Sender<CursorState>,
-    pub(crate) dmabuf_warned: AtomicBool,
+    /// The GL path (`ScanoutDMABUF` / `UpdateDMABUF`).
+    pub(crate) dmabuf: Arc<crate::dmabuf::DmabufSink>,
     /// Optional interfaces served on the same object (the `Interfaces` property).
     pub(crate) interfaces: Vec<String>,
     /// The shared surface of `Listener.Unix.Map`, dropped when QEMU goes back to inline data.
@@ -421,8 +422,10 @@ impl Listener {
             format = format_args!("{pixman_format:#x}"),
             "Scanout"
         );
-        // A surface QEMU cannot share: whatever was mapped before is stale.
+        // A surface QEMU cannot share: whatever was mapped before is stale, and so is a GL
+        // scanout.
         self.map.clear();
+        self.dmabuf.clear();
         self.publisher
             .scanout(width, height, stride, pixman_format, data)
             .map_err(|e| self.frame_error("Scanout", &e))?;
@@ -454,39 +457,56 @@ impl Listener {
             .map_err(|e| self.frame_error("Update", &e))
     }
 
-    /// GL mode only (`-display dbus,gl=on`), which this source does not handle yet.
+    /// GL mode (`-display dbus,gl=on`): a new scanout buffer, read through the GPU path.
     #[zbus(name = "ScanoutDMABUF")]
     #[allow(clippy::too_many_arguments)]
-    fn scanout_dmabuf(
+    async fn scanout_dmabuf(
         &self,
-        _dmabuf: zbus::Fd<'_>,
+        dmabuf: zbus::OwnedFd,
         width: u32,
         height: u32,
-        _stride: u32,
+        stride: u32,
         fourcc: u32,
-        _modifier: u64,
-        _y0_top: bool,
+        modifier: u64,
+        y0_top: bool,
     ) -> zbus::fdo::Result<()> {
-        if !self.dmabuf_warned.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                width,
-                height,
-                fourcc = format_args!("{fourcc:#x}"),
-                "QEMU sends DMABUF scanouts (gl=on), which this source does not import: \
-                 run QEMU with -display dbus,gl=off"
-            );
-        }
-        Err(zbus::fdo::Error::NotSupported(
-            "DMABUF scanouts are not supported".into(),
-        ))
+        tracing::debug!(
+            width,
+            height,
+            stride,
+            fourcc = format_args!("{fourcc:#x}"),
+            modifier = format_args!("{modifier:#x}"),
+            y0_top,
+            "ScanoutDMABUF"
+        );
+        self.map.clear();
+        let fd = std::os::fd::OwnedFd::try_from(zbus::Fd::from(dmabuf))
+            .map_err(|e| zbus::fdo::Error::InvalidArgs(format!("dmabuf fd: {e}")))?;
+        let buf = match crate::dmabuf::single_plane(
+            fd, width, height, stride, fourcc, modifier, y0_top,
+        ) {
+            Ok(b) => b,
+            Err(e) if self.dmabuf.has_reader() => return Err(zbus::fdo::Error::InvalidArgs(e)),
+            // Without a GPU path the refusal below says what to do instead.
+            Err(_) => return self.dmabuf.scanout_unsupported(width, height, fourcc),
+        };
+        self.dmabuf
+            .scanout(buf, scanoutd_types::Rect::new(0, 0, width, height))
+            .await
     }
 
-    /// Answered at once so a GL guest is never held up by us.
+    /// Damage on the GL scanout. QEMU holds the guest until this is answered: that happens
+    /// once the pixels are in the frame ring (never after encoding or sending), or at once
+    /// when they cannot be read.
     #[zbus(name = "UpdateDMABUF")]
-    fn update_dmabuf(&self, _x: i32, _y: i32, _width: i32, _height: i32) {}
+    async fn update_dmabuf(&self, x: i32, y: i32, width: i32, height: i32) {
+        tracing::trace!(x, y, width, height, "UpdateDMABUF");
+        self.dmabuf.update(x, y, width, height).await;
+    }
 
     fn disable(&self) {
         self.map.clear();
+        self.dmabuf.clear();
         self.publisher.disable();
     }
 
@@ -707,10 +727,11 @@ mod tests {
     async fn listener_over_a_p2p_connection() {
         let bus = FrameBus::new();
         let (cursor_tx, cursor) = watch::channel(CursorState::default());
+        let publisher = Publisher::new(bus.clone());
         let object = Listener {
-            publisher: Publisher::new(bus.clone()),
+            publisher: Arc::clone(&publisher),
             cursor: cursor_tx,
-            dmabuf_warned: AtomicBool::new(false),
+            dmabuf: Arc::new(crate::dmabuf::DmabufSink::new(None, publisher)),
             interfaces: Vec::new(),
             map: Arc::default(),
         };
@@ -774,7 +795,7 @@ mod tests {
             )
         )
         .unwrap_err();
-        assert!(err.to_string().contains("not supported"), "{err}");
+        assert!(err.to_string().contains("need the GPU path"), "{err}");
         call!("UpdateDMABUF", &(0i32, 0i32, 1i32, 1i32)).unwrap();
         call!("Disable", &()).unwrap();
         assert_eq!(bus.latest().unwrap().pixel(1, 0), 0x030201);

@@ -383,7 +383,7 @@ mod tests {
         let object = Listener {
             publisher: Arc::clone(&publisher),
             cursor: cursor_tx,
-            dmabuf_warned: std::sync::atomic::AtomicBool::new(false),
+            dmabuf: Arc::new(crate::dmabuf::DmabufSink::new(None, Arc::clone(&publisher))),
             interfaces: vec![MAP_INTERFACE.to_owned()],
             map: Arc::clone(&slot),
         };

@@ -15,6 +15,7 @@ use spice_server::{
 };
 use tokio::net::TcpListener;
 
+mod gpu_path;
 mod http;
 mod qemu_source;
 mod source;
@@ -165,6 +166,15 @@ struct ServeArgs {
     /// With a QEMU source: what to do when QEMU goes away.
     #[arg(long, value_enum, default_value_t = OnQemuExit::Keep)]
     on_qemu_exit: OnQemuExit,
+    /// With a QEMU source: the GPU path for GL guests (`-display dbus,gl=on`), whose scanouts
+    /// are dmabufs imported with EGL and read back. `auto` uses a GPU that can import them
+    /// when there is one, `require` refuses to start without, `off` never uses one.
+    #[arg(long, value_enum, default_value_t = gpu_path::GpuMode::Auto)]
+    gpu: gpu_path::GpuMode,
+    /// With --gpu: use the EGL device of this DRM node (the one QEMU renders on), e.g.
+    /// /dev/dri/renderD128.
+    #[arg(long, value_name = "PATH")]
+    render_node: Option<PathBuf>,
     /// Demo scene.
     #[arg(long, value_enum, default_value_t = SceneArg::Motion)]
     scene: SceneArg,
@@ -333,12 +343,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 let (cursor_tx, cursor_rx) =
                     tokio::sync::watch::channel(scanoutd_types::CursorState::default());
                 cursor_feed = Some(cursor_rx);
+                let gpu = gpu_path::start(args.gpu, args.render_node.clone()).await?;
                 let task = tokio::spawn(qemu_source::run(
                     endpoint.clone(),
                     args.console,
                     bus.clone(),
                     Arc::clone(&input),
                     cursor_tx,
+                    gpu,
                     args.on_qemu_exit == OnQemuExit::Exit,
                 ));
                 (input as Arc<dyn scanoutd_types::InputSink>, 0, task)

@@ -46,6 +46,7 @@ pub async fn run(
     bus: FrameBus,
     input: Arc<SwitchableInput>,
     cursor: watch::Sender<CursorState>,
+    gpu: Option<Arc<dyn scanoutd_qemu::DmabufReader>>,
     exit_on_close: bool,
 ) -> Result<()> {
     let mut attempts: u64 = 0;
@@ -53,6 +54,7 @@ pub async fn run(
         let opts = ConnectOptions {
             console,
             wait_for_qemu: Duration::from_secs(1),
+            dmabuf: gpu.clone(),
             ..ConnectOptions::default()
         };
         match QemuDisplay::connect_to(&endpoint, bus.clone(), opts).await {

@@ -7,7 +7,7 @@ LISTEN ?= 127.0.0.1:5900
 METRICS ?= 127.0.0.1:9100
 DEMO_ARGS ?=
 
-.PHONY: all deps build release demo test test-rust test-e2e lint bench clean
+.PHONY: all deps build release demo demo-qemu test-guest test test-rust test-e2e lint bench clean
 
 all: build
 
@@ -26,13 +26,21 @@ demo: deps release
 	@echo "scanoutd demo: connect with   remote-viewer spice://$(LISTEN)   (metrics: http://$(METRICS)/metrics)"
 	target/release/scanoutd serve --source demo --listen $(LISTEN) --metrics $(METRICS) --disable-ticketing $(DEMO_ARGS)
 
+# The test guest (a Debian kernel + an initramfs running crates/testguest), for the QEMU tests.
+test-guest:
+	@scripts/build-test-guest
+
+# Boot the test guest under QEMU and serve it; watch it with: remote-viewer spice://$(LISTEN)
+demo-qemu: deps release test-guest
+	@scripts/demo-qemu --listen $(LISTEN) --metrics $(METRICS) $(DEMO_ARGS)
+
 test: deps test-rust test-e2e
 
 test-rust:
 	$(CARGO) test --workspace
 
 # End-to-end tests with the real spice-gtk client library and remote-viewer.
-test-e2e: build
+test-e2e: build test-guest
 	SCANOUTD_BIN=$(CURDIR)/target/debug/scanoutd $(PYTHON) -m pytest -v -rsP tests/e2e
 
 lint:
@@ -40,7 +48,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Benchmarks with the real client (release build).
-bench: deps release
+bench: deps release test-guest build
 	SCANOUTD_BIN=$(CURDIR)/target/release/scanoutd PYTHON=$(PYTHON) bench/run.sh
 
 clean:

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Benchmark scanoutd's demo source with the real spice-gtk client; builds nothing.
+# Benchmark scanoutd with the real spice-gtk client; builds nothing (`make bench` builds first).
 #   SCANOUTD_BIN=target/release/scanoutd bench/run.sh [--suites 2d,stream,still,multi,codecs]
 #       [--seconds 10] [--stream-seconds 20] [--codec-seconds 10] [--size 1280x720] [--fps 60]
-# Runs the lossless 2D cases, the H.264 720p60 stream (latency, encode, bitrate), the still
-# scene's idle bitrate, four clients at once (fps, server RSS) and one case per codec at 720p30;
-# prints tables and writes $E2E_ARTIFACTS/bench/results.json (about 2.5 minutes).
-# See bench/run.py for options. Runs with $PYTHON, default /usr/bin/python3 (needs python3-gi).
+# 1. bench/run.py, on the demo source: the lossless 2D cases, the H.264 720p60 stream (latency,
+#    encode, bitrate), the still scene's idle bitrate, four clients at once (fps, server RSS) and
+#    one case per codec at 720p30; writes $E2E_ARTIFACTS/bench/results.json (about 2.5 minutes).
+# 2. bench/guest_vs_qemu.py: the animated test guest served by scanoutd and by QEMU's built-in
+#    SPICE server, side by side (fps seen, bandwidth, CPU, PSNR); writes
+#    $E2E_ARTIFACTS/bench/guest_vs_qemu.json (about 1.5 minutes). Skip it with GUEST_BENCH=0.
+# Options go to run.py. Runs with $PYTHON, default /usr/bin/python3 (needs python3-gi).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-exec "${PYTHON:-/usr/bin/python3}" "$here/run.py" "$@"
+py="${PYTHON:-/usr/bin/python3}"
+"$py" "$here/run.py" "$@"
+if [ "${GUEST_BENCH:-1}" != 0 ]; then
+  out="${E2E_ARTIFACTS:-/tmp/scanoutd-e2e}/bench"
+  mkdir -p "$out"
+  "$py" "$here/guest_vs_qemu.py" --json "$out/guest_vs_qemu.json"
+fi

@@ -6,6 +6,7 @@ The test guest (scripts/build-test-guest) is a Debian kernel plus an initramfs w
 status lines (geometry, every key, frames drawn) go to the serial port, kept in a log file.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -204,6 +205,7 @@ def render_guest(frame_no, out, typed="", size=GUEST_SIZE):
     return sc.parse_ppm(open(out, "rb").read())
 
 
+@functools.lru_cache(maxsize=4)
 def guest_video_rect(size=GUEST_SIZE):
     """(x, y, w, h) of the guest's video window, whose every pixel changes every frame."""
     out = subprocess.run([TESTGUEST_BIN, "--video-rect", "--size", f"{size[0]}x{size[1]}"],

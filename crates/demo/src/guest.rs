@@ -190,7 +190,13 @@ impl GuestLayout {
             let w = y - v.y;
             // Triangle waves: smooth gradients that move, like camera footage rather than
             // like a test card with hard edges.
-            let tri = |v: u32| if v & 0x100 == 0 { v & 0xFF } else { 0xFF - (v & 0xFF) };
+            let tri = |v: u32| {
+                if v & 0x100 == 0 {
+                    v & 0xFF
+                } else {
+                    0xFF - (v & 0xFF)
+                }
+            };
             let r = tri(u / 2 + p1);
             let g = tri(w / 2 + u / 6 + p2);
             let b = 0xFF - tri(u / 3 + w / 3 + p3);

@@ -99,8 +99,10 @@ def measure(uri, vm, server_pids, a, artifacts, name, on_measured=None):
         if n_top is not None:
             _, _, top = qemuvm.render_guest(n_top, os.path.join(artifacts, "top.ppm"))
             static_ok.append(qemuvm.crop_rgb(got, w, static) == qemuvm.crop_rgb(top, w, static))
-        if len(scores) == 1:
-            sc.write_ppm(os.path.join(artifacts, f"{name}-client.ppm"), w, h, got)
+        if len(scores) in (1, len(shots) - 1):
+            # The first and the last picture, with the frame the guest drew, to look at.
+            sc.write_ppm(os.path.join(artifacts, f"{name}-client-{len(scores)}.ppm"), w, h, got)
+            sc.write_ppm(os.path.join(artifacts, f"{name}-guest-{len(scores)}.ppm"), w, h, ref)
     res.update(
         seconds=round(elapsed, 2),
         fps_seen=round(len(seen) / elapsed, 2),

@@ -216,6 +216,8 @@ class SpiceClient:
         self.channels: dict[tuple, ChannelState] = {}
         self.events: list = []          # [(monotonic, channel_name, event_name)]
         self.primary: Primary | None = None
+        self.primaries: dict[int, Primary] = {}   # display channel id -> its primary surface
+        self.invalidates_by: dict[int, int] = {}  # display channel id -> invalidate count
         self.primary_creates = 0
         self.primary_destroys = 0
         self.invalidates = 0
@@ -267,8 +269,10 @@ class SpiceClient:
         st = self.channels.get((t, i))
         if st:
             st.closed = True
+        if t == 2:
+            self.primaries.pop(i, None)  # its memory is going away
         if t == 2 and i == 0:
-            self.primary = None  # its memory is going away
+            self.primary = None
 
     def _on_disconnected(self, session):
         self.disconnected = True
@@ -302,19 +306,26 @@ class SpiceClient:
             st.error = f"{name}" + (f": {err}" if err else "")
 
     def _on_primary_create(self, ch, fmt, width, height, stride, shmid, pointer):
-        if ch.get_property("channel-id") != 0:
+        cid = ch.get_property("channel-id")
+        self.primaries[cid] = Primary(fmt, width, height, stride, shmid, pointer,
+                                      time.monotonic())
+        if cid != 0:
             return
-        self.primary = Primary(fmt, width, height, stride, shmid, pointer, time.monotonic())
+        self.primary = self.primaries[cid]
         self.primary_creates += 1
         self.mark_after_primary = False
 
     def _on_primary_destroy(self, ch):
-        if ch.get_property("channel-id") != 0:
+        cid = ch.get_property("channel-id")
+        self.primaries.pop(cid, None)
+        if cid != 0:
             return
         self.primary = None
         self.primary_destroys += 1
 
     def _on_invalidate(self, ch, x, y, w, h):
+        cid = ch.get_property("channel-id")
+        self.invalidates_by[cid] = self.invalidates_by.get(cid, 0) + 1
         self.invalidates += 1
         self.invalidate_area += max(0, w) * max(0, h)
         self.last_invalidate = time.monotonic()
@@ -342,6 +353,7 @@ class SpiceClient:
         if self._connected:
             self._connected = False
             self.primary = None
+            self.primaries.clear()
             try:
                 self._S.Session.disconnect(self.session)
             except Exception:
@@ -415,19 +427,22 @@ class SpiceClient:
         main = self.channel("main")
         return bool(main and main.error) or self.disconnected
 
-    def wait_primary(self, timeout=10.0, first_draw=True):
-        """Wait for the primary surface (and, by default, for a first invalidate after it)."""
+    def wait_primary(self, timeout=10.0, first_draw=True, display=0):
+        """Wait for the primary surface of display channel `display` (and, by default, for a
+        first invalidate after it)."""
+        def drawn():
+            return self.invalidates_by.get(display, 0) > 0
         def ready():
             if self._fatal():
                 return True
-            if self.primary is None:
+            if self.primaries.get(display) is None:
                 return False
-            return (not first_draw) or self.invalidates > 0
+            return (not first_draw) or drawn()
         pump(timeout, until=ready)
-        if self.primary is None or (first_draw and self.invalidates == 0):
-            raise TimeoutError(f"no primary surface{' drawn' if first_draw else ''} within "
-                               f"{timeout}s: {self.describe()}")
-        return self.primary
+        if self.primaries.get(display) is None or (first_draw and not drawn()):
+            raise TimeoutError(f"no primary surface{' drawn' if first_draw else ''} on display "
+                               f"{display} within {timeout}s: {self.describe()}")
+        return self.primaries[display]
 
     def wait_channel_open(self, name, timeout=10.0):
         def ready():
@@ -445,12 +460,13 @@ class SpiceClient:
 
     # -- framebuffer ----------------------------------------------------------------------
 
-    def snapshot(self):
-        """(width, height, stride, bytes) copied from the client's live framebuffer.
+    def snapshot(self, display=0):
+        """(width, height, stride, bytes) copied from the client's live framebuffer of display
+        channel `display`.
 
         Pixel format is the primary's (normally 32_xRGB: bytes B, G, R, x in memory).
         """
-        p = self.primary
+        p = self.primary if display == 0 else self.primaries.get(display)
         if p is None or not p.pointer:
             raise SpiceClientError(f"no primary surface to read: {self.describe()}")
         return p.width, p.height, p.stride, ctypes.string_at(p.pointer, p.stride * p.height)

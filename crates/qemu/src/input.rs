@@ -85,13 +85,29 @@ impl InputSink for QemuInput {
     }
 }
 
-pub(crate) struct InputTask {
-    pub(crate) rx: mpsc::Receiver<InputEvent>,
-    pub(crate) keyboard: KeyboardProxy<'static>,
+/// The pointer side of one console.
+pub(crate) struct HeadInput {
     pub(crate) mouse: MouseProxy<'static>,
     pub(crate) console: ConsoleProxy<'static>,
+}
+
+pub(crate) struct InputTask {
+    pub(crate) rx: mpsc::Receiver<InputEvent>,
+    /// The first console's keyboard: keys carry no display.
+    pub(crate) keyboard: KeyboardProxy<'static>,
+    /// Display `i`'s console is `heads[i]`; never empty.
+    pub(crate) heads: Vec<HeadInput>,
     pub(crate) counters: Arc<InputCounters>,
     pub(crate) state: watch::Receiver<LinkState>,
+}
+
+/// Where the pointer is: the display it was last on, and per display the last absolute
+/// position (to turn absolute moves into relative motion when the guest only has a relative
+/// mouse).
+#[derive(Debug, Default)]
+struct Pointer {
+    head: usize,
+    last_abs: Vec<Option<(u32, u32)>>,
 }
 
 pub(crate) fn channel(
@@ -111,9 +127,10 @@ pub(crate) fn channel(
 
 impl InputTask {
     pub(crate) async fn run(mut self) {
-        // The last absolute position, to turn absolute moves into relative motion when the
-        // guest only has a relative mouse.
-        let mut last_abs: Option<(u32, u32)> = None;
+        let mut pointer = Pointer {
+            head: 0,
+            last_abs: vec![None; self.heads.len()],
+        };
         let mut pending: Option<InputEvent> = None;
         loop {
             let ev = match pending.take() {
@@ -132,11 +149,12 @@ impl InputTask {
                 }
             };
             let ev = match ev {
-                // Only the newest of a run of queued moves matters.
-                InputEvent::MouseMove { .. } => {
+                // Only the newest of a run of queued moves on one display matters.
+                InputEvent::MouseMove { display, .. } => {
                     let mut newest = ev;
                     while let Ok(next) = self.rx.try_recv() {
-                        if matches!(next, InputEvent::MouseMove { .. }) {
+                        if matches!(next, InputEvent::MouseMove { display: d, .. } if d == display)
+                        {
                             newest = next;
                         } else {
                             pending = Some(next);
@@ -147,11 +165,15 @@ impl InputTask {
                 }
                 _ => ev,
             };
-            self.send(ev, &mut last_abs).await;
+            self.send(ev, &mut pointer).await;
         }
     }
 
-    async fn send(&self, ev: InputEvent, last_abs: &mut Option<(u32, u32)>) {
+    async fn send(&self, ev: InputEvent, pointer: &mut Pointer) {
+        // Buttons and relative motion go to the console the pointer was last on.
+        let Some(head) = self.heads.get(pointer.head).or(self.heads.first()) else {
+            return;
+        };
         let result = match ev {
             InputEvent::Key { scancode, pressed } => {
                 let Some(qnum) = scancode_to_qnum(scancode) else {
@@ -171,29 +193,33 @@ impl InputTask {
             InputEvent::Button { button, pressed } => {
                 let b = button_to_qemu(button);
                 if pressed {
-                    self.mouse.press(b).await
+                    head.mouse.press(b).await
                 } else {
-                    self.mouse.release(b).await
+                    head.mouse.release(b).await
                 }
             }
             InputEvent::MouseMotion { dx, dy } => {
                 if dx == 0 && dy == 0 {
                     return;
                 }
-                self.mouse.rel_motion(dx, dy).await
+                head.mouse.rel_motion(dx, dy).await
             }
             InputEvent::MouseMove {
                 x,
                 y,
                 display: screen,
             } => {
-                if screen != 0 {
+                let index = usize::from(screen);
+                let (Some(head), Some(last_abs)) =
+                    (self.heads.get(index), pointer.last_abs.get_mut(index))
+                else {
                     self.counters.skipped.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(screen, "pointer on a display other than 0: skipped");
+                    tracing::debug!(screen, "pointer on a display with no console: skipped");
                     return;
-                }
+                };
+                pointer.head = index;
                 // Cached properties (kept current by PropertiesChanged): no round trip.
-                let absolute = match self.mouse.is_absolute().await {
+                let absolute = match head.mouse.is_absolute().await {
                     Ok(a) => a,
                     Err(e) => {
                         tracing::debug!(error = %e, "reading Mouse.IsAbsolute failed");
@@ -203,9 +229,9 @@ impl InputTask {
                 if absolute {
                     *last_abs = Some((x, y));
                     // QEMU refuses x >= Width or y >= Height; clamp to the console.
-                    let w = self.console.width().await.unwrap_or(u32::MAX).max(1);
-                    let h = self.console.height().await.unwrap_or(u32::MAX).max(1);
-                    self.mouse
+                    let w = head.console.width().await.unwrap_or(u32::MAX).max(1);
+                    let h = head.console.height().await.unwrap_or(u32::MAX).max(1);
+                    head.mouse
                         .set_abs_position(x.min(w - 1), y.min(h - 1))
                         .await
                 } else {
@@ -219,7 +245,7 @@ impl InputTask {
                         return;
                     }
                     let clamp = |v: i64| v.clamp(i32::MIN.into(), i32::MAX.into()) as i32;
-                    self.mouse.rel_motion(clamp(dx), clamp(dy)).await
+                    head.mouse.rel_motion(clamp(dx), clamp(dy)).await
                 }
             }
             InputEvent::KeyModifiers(m) => {

@@ -13,10 +13,13 @@
 //! Either way, [`QemuDisplay`]
 //!
 //! 1. finds QEMU (bus mode: the owner of `org.qemu`, waiting for it if asked), reads the
-//!    VM's `Name` and `ConsoleIDs` and picks the first `Graphic` console (or the one given);
-//! 2. makes a socket pair, passes one end with `Console.RegisterListener` and serves our
-//!    `org.qemu.Display1.Listener` object on the other end over a peer-to-peer D-Bus
-//!    connection (we are the authentication client there, QEMU calls us);
+//!    VM's `Name` and `ConsoleIDs` and picks the first `Graphic` console (or the one given;
+//!    [`QemuDisplay::connect_consoles`] shows several, a [`ConsoleSelection`], each with its
+//!    own listener and [`FrameBus`], all over the one main connection: in peer-to-peer mode
+//!    QEMU has a single client);
+//! 2. makes a socket pair per console, passes one end with `Console.RegisterListener` and
+//!    serves our `org.qemu.Display1.Listener` object on the other end over a peer-to-peer
+//!    D-Bus connection (we are the authentication client there, QEMU calls us);
 //! 3. applies each `Scanout` / `Update` to a shadow BGRx surface (converting from the pixman
 //!    format) and publishes it with [`FrameBus::try_write`], stamped with the receive time
 //!    (QEMU ≥ 9.2 shares shareable surfaces as a memfd instead, `Listener.Unix.Map`, advertised
@@ -25,7 +28,8 @@
 //!    is never waited on;
 //! 4. keeps the guest cursor (`CursorDefine`, `MouseSet`) in a [`CursorState`] watch
 //!    ([`CursorState::to_neutral`] gives the form the SPICE server takes);
-//! 5. sends input from [`QemuDisplay::input`] (an [`InputSink`]) as `Keyboard` / `Mouse` calls;
+//! 5. sends input from [`QemuDisplay::input`] (an [`InputSink`]) as `Keyboard` / `Mouse` calls
+//!    (pointer positions to the console of their display, keys to the first console);
 //! 6. reports QEMU going away (the listener socket closing, `org.qemu` losing its owner, the
 //!    bus or the peer-to-peer connection closing) through [`QemuDisplay::closed`] and
 //!    [`QemuDisplay::state`]; the last frame stays in the bus.
@@ -85,6 +89,8 @@ pub enum QemuError {
     NotGraphic { id: u32, kind: String },
     #[error("QEMU has no graphic console")]
     NoGraphicConsole,
+    #[error("no console to show: the console list or the frame buses are empty")]
+    NothingToShow,
     #[error("listener socket: {0}")]
     Io(#[from] std::io::Error),
     #[error("QEMU did not complete the listener handshake within {0:?}")]
@@ -268,35 +274,195 @@ pub struct QemuStats {
     pub dmabuf_max_hold_us: u64,
 }
 
-/// A connection to one QEMU console. Dropping it unregisters the listener and stops its tasks;
-/// the last frame stays in the bus.
-pub struct QemuDisplay {
+/// One QEMU console as QEMU describes it ([`list_consoles`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleInfo {
+    /// The console index (`Console_<id>`).
+    pub id: u32,
+    /// "Graphic" or "Text".
+    pub kind: String,
+    /// e.g. "VGA", or the device id.
+    pub label: String,
+    /// The head number on its graphics device.
+    pub head: u32,
+}
+
+impl ConsoleInfo {
+    pub fn is_graphic(&self) -> bool {
+        self.kind == "Graphic"
+    }
+}
+
+/// Which QEMU consoles to show, in display order (display 0 first).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ConsoleSelection {
+    /// The first graphic console.
+    #[default]
+    First,
+    /// These consoles, in this order; each must exist and be graphic.
+    List(Vec<u32>),
+    /// Every graphic console, in QEMU's order.
+    AllGraphic,
+}
+
+impl ConsoleSelection {
+    /// The console ids this selection names among `consoles` (QEMU's `ConsoleIDs` order).
+    pub fn resolve(&self, consoles: &[ConsoleInfo]) -> Result<Vec<u32>, QemuError> {
+        match self {
+            ConsoleSelection::First => consoles
+                .iter()
+                .find(|c| c.is_graphic())
+                .map(|c| vec![c.id])
+                .ok_or(QemuError::NoGraphicConsole),
+            ConsoleSelection::AllGraphic => {
+                let ids: Vec<u32> = consoles
+                    .iter()
+                    .filter(|c| c.is_graphic())
+                    .map(|c| c.id)
+                    .collect();
+                if ids.is_empty() {
+                    return Err(QemuError::NoGraphicConsole);
+                }
+                Ok(ids)
+            }
+            ConsoleSelection::List(ids) => {
+                if ids.is_empty() {
+                    return Err(QemuError::NothingToShow);
+                }
+                for &id in ids {
+                    let Some(c) = consoles.iter().find(|c| c.id == id) else {
+                        return Err(QemuError::NoSuchConsole(id));
+                    };
+                    if !c.is_graphic() {
+                        return Err(QemuError::NotGraphic {
+                            id,
+                            kind: c.kind.clone(),
+                        });
+                    }
+                }
+                Ok(ids.clone())
+            }
+        }
+    }
+}
+
+/// The consoles of the QEMU at `endpoint` (connects, reads `ConsoleIDs` and each console's
+/// `Type`, `Label` and `Head`, and closes again). In QMP mode this is one `add_client` of its
+/// own. Used to learn how many consoles [`ConsoleSelection::AllGraphic`] will show.
+pub async fn list_consoles(
+    endpoint: &QemuEndpoint,
+    opts: &ConnectOptions,
+) -> Result<Vec<ConsoleInfo>, QemuError> {
+    let (conn, link) = open(endpoint, opts).await?;
+    let dest = link.destination()?;
+    let found = discover(&conn, &dest).await;
+    if let Err(e) = conn.close().await {
+        tracing::debug!(error = %e, "closing the D-Bus connection");
+    }
+    Ok(found?.into_iter().map(|(info, _)| info).collect())
+}
+
+/// One console of a [`QemuDisplay`]: its listener feeds its own [`FrameBus`].
+pub struct QemuHead {
     bus: FrameBus,
-    vm_name: String,
-    vm_uuid: String,
     console_id: u32,
     console_label: String,
-    endpoint: QemuEndpoint,
-    /// The unique name of QEMU on the bus (bus mode only).
-    owner: Option<OwnedUniqueName>,
     publisher: Arc<listener::Publisher>,
     dmabuf: Arc<dmabuf::DmabufSink>,
     cursor: watch::Receiver<CursorState>,
+    input_counters: Arc<input::InputCounters>,
+}
+
+impl std::fmt::Debug for QemuHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QemuHead")
+            .field("console_id", &self.console_id)
+            .field("console_label", &self.console_label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QemuHead {
+    /// The console index.
+    pub fn console_id(&self) -> u32 {
+        self.console_id
+    }
+
+    /// The console's label (e.g. "VGA").
+    pub fn console_label(&self) -> &str {
+        &self.console_label
+    }
+
+    /// The bus this console's frames go to.
+    pub fn bus(&self) -> &FrameBus {
+        &self.bus
+    }
+
+    /// The console's picture as last received (for snapshots and tests).
+    pub fn surface(&self) -> Surface {
+        self.publisher.surface()
+    }
+
+    /// The guest's cursor on this console, updated on every `CursorDefine` / `MouseSet`.
+    pub fn cursor(&self) -> watch::Receiver<CursorState> {
+        self.cursor.clone()
+    }
+
+    /// This console's counters. The input counters are the connection's (input goes through
+    /// one queue for every console).
+    pub fn stats(&self) -> QemuStats {
+        let d = &self.publisher.counters;
+        let i = &self.input_counters;
+        let g = &self.dmabuf.counters;
+        QemuStats {
+            scanouts: d.scanouts.load(Ordering::Relaxed),
+            updates: d.updates.load(Ordering::Relaxed),
+            map_scanouts: d.map_scanouts.load(Ordering::Relaxed),
+            map_updates: d.map_updates.load(Ordering::Relaxed),
+            shared_memory: d.path.load(Ordering::Relaxed) == listener::FramePath::Map as u8,
+            frame_errors: d.frame_errors.load(Ordering::Relaxed),
+            surface_grown: d.grown.load(Ordering::Relaxed),
+            frames_published: self.publisher.frames_published(),
+            disabled: d.disabled.load(Ordering::Relaxed),
+            pixman_format: d.format.load(Ordering::Relaxed),
+            input_sent: i.sent.load(Ordering::Relaxed),
+            input_failed: i.failed.load(Ordering::Relaxed),
+            input_skipped: i.skipped.load(Ordering::Relaxed),
+            input_dropped: i.dropped.load(Ordering::Relaxed),
+            dmabuf_scanouts: g.scanouts.load(Ordering::Relaxed),
+            dmabuf_updates: g.updates.load(Ordering::Relaxed),
+            dmabuf_failed: g.failed.load(Ordering::Relaxed),
+            dmabuf_max_hold_us: g.max_hold_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A connection to QEMU's display showing one console, or several
+/// ([`QemuDisplay::connect_consoles`]: one D-Bus connection, one listener per console, each
+/// feeding its own bus). Dropping it unregisters the listeners and stops its tasks; the last
+/// frames stay in the buses.
+pub struct QemuDisplay {
+    vm_name: String,
+    vm_uuid: String,
+    endpoint: QemuEndpoint,
+    /// The unique name of QEMU on the bus (bus mode only).
+    owner: Option<OwnedUniqueName>,
+    /// The consoles shown, in display order; never empty.
+    heads: Vec<QemuHead>,
     state: watch::Receiver<LinkState>,
     state_tx: Arc<watch::Sender<LinkState>>,
     input: QemuInput,
-    input_counters: Arc<input::InputCounters>,
     tasks: Vec<JoinHandle<()>>,
-    /// The bus and listener connections; dropping them closes the sockets, and QEMU drops the
-    /// listener.
-    conns: Option<(zbus::Connection, zbus::Connection)>,
+    /// The bus connection and one listener connection per console; dropping them closes the
+    /// sockets, and QEMU drops the listeners.
+    conns: Option<(zbus::Connection, Vec<zbus::Connection>)>,
 }
 
 impl std::fmt::Debug for QemuDisplay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QemuDisplay")
             .field("vm_name", &self.vm_name)
-            .field("console_id", &self.console_id)
+            .field("heads", &self.heads)
             .field("endpoint", &self.endpoint)
             .field("owner", &self.owner())
             .field("state", &*self.state.borrow())
@@ -329,52 +495,47 @@ impl QemuDisplay {
         Self::connect_to(&QemuEndpoint::Qmp(path.as_ref().to_owned()), bus, opts).await
     }
 
-    /// Connect to QEMU's display at `endpoint` (either mode).
+    /// Connect to QEMU's display at `endpoint` (either mode): the console
+    /// [`ConnectOptions::console`] names, or the first graphic one.
     pub async fn connect_to(
         endpoint: &QemuEndpoint,
         bus: FrameBus,
         opts: ConnectOptions,
     ) -> Result<Self, QemuError> {
-        let (conn, link) = match endpoint {
-            QemuEndpoint::Bus(address) => {
-                let conn = zbus::connection::Builder::address(address.as_str())
-                    .method_timeout(opts.call_timeout)
-                    .build()
-                    .await?;
-                let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
-                let owner = wait_for_owner(&dbus, &opts.bus_name, opts.wait_for_qemu).await?;
-                let link = MainLink::Bus {
-                    dbus,
-                    name: opts.bus_name.clone(),
-                    owner,
-                };
-                (conn, link)
-            }
-            QemuEndpoint::Qmp(path) => {
-                let ours = qmp::add_dbus_client(path, opts.call_timeout).await?;
-                // QEMU is the D-Bus server on this socket; we authenticate as the client.
-                let handshake = opts.call_timeout * 2;
-                let conn = tokio::time::timeout(
-                    handshake,
-                    zbus::connection::Builder::unix_stream(ours)
-                        .p2p()
-                        .method_timeout(opts.call_timeout)
-                        .build(),
-                )
-                .await
-                .map_err(|_| QemuError::PeerHandshakeTimeout(handshake))??;
-                (conn, MainLink::P2p)
-            }
+        let selection = match opts.console {
+            Some(id) => ConsoleSelection::List(vec![id]),
+            None => ConsoleSelection::First,
         };
-        Self::attach(conn, link, endpoint.clone(), bus, opts).await
+        Self::connect_consoles(endpoint, selection, vec![bus], opts).await
     }
 
-    /// Everything after reaching QEMU: the console, the listener, the tasks.
+    /// Connect to QEMU's display at `endpoint` and show several consoles over the one D-Bus
+    /// connection (in peer-to-peer mode QEMU has a single client per `add_client`): the
+    /// consoles `selection` names are paired in order with `buses` (display 0 is the first),
+    /// and each gets a listener of its own feeding its bus. Consoles beyond the buses are not
+    /// shown; buses beyond the consoles get nothing (both are logged). Input from
+    /// [`QemuDisplay::input`] goes to the console its pointer display names (keyboard: the
+    /// first console). [`ConnectOptions::console`] does not apply.
+    pub async fn connect_consoles(
+        endpoint: &QemuEndpoint,
+        selection: ConsoleSelection,
+        buses: Vec<FrameBus>,
+        opts: ConnectOptions,
+    ) -> Result<Self, QemuError> {
+        if buses.is_empty() {
+            return Err(QemuError::NothingToShow);
+        }
+        let (conn, link) = open(endpoint, &opts).await?;
+        Self::attach(conn, link, endpoint.clone(), selection, buses, opts).await
+    }
+
+    /// Everything after reaching QEMU: the consoles, their listeners, the tasks.
     async fn attach(
         conn: zbus::Connection,
         link: MainLink,
         endpoint: QemuEndpoint,
-        bus: FrameBus,
+        selection: ConsoleSelection,
+        buses: Vec<FrameBus>,
         opts: ConnectOptions,
     ) -> Result<Self, QemuError> {
         let dest = link.destination()?;
@@ -384,137 +545,100 @@ impl QemuDisplay {
             .await?;
         let vm_name = vm.name().await?;
         let vm_uuid = vm.uuid().await.unwrap_or_default();
-        let ids = vm.console_ids().await?;
-        let (console_id, console) = pick_console(&conn, &dest, &ids, opts.console).await?;
-        let console_label = console.label().await.unwrap_or_default();
-        let path = console_path(console_id);
+        let found = discover(&conn, &dest).await?;
+        let infos: Vec<ConsoleInfo> = found.iter().map(|(i, _)| i.clone()).collect();
+        let mut ids = selection.resolve(&infos)?;
+        if ids.len() > buses.len() {
+            tracing::warn!(
+                vm = %vm_name, shown = ?&ids[..buses.len()], not_shown = ?&ids[buses.len()..],
+                "QEMU has more consoles than there are displays; the rest are not shown"
+            );
+            ids.truncate(buses.len());
+        } else if ids.len() < buses.len() {
+            tracing::warn!(
+                vm = %vm_name, consoles = ?ids, displays = buses.len(),
+                "QEMU has fewer consoles than there are displays; the others keep their last picture"
+            );
+        }
+        let first = ids.first().copied().ok_or(QemuError::NothingToShow)?;
         let keyboard = KeyboardProxy::builder(&conn)
             .destination(dest.clone())
-            .path(path.clone())
+            .path(console_path(first))
             .cache_properties(CacheProperties::No)
             .build()
             .await?;
-        let mouse = MouseProxy::builder(&conn)
-            .destination(dest.clone())
-            .path(path)
-            .build()
-            .await?;
 
-        // The listener: our end serves the object, QEMU gets the other end.
-        let publisher = listener::Publisher::new(bus.clone());
-        let (cursor_tx, cursor) = watch::channel(CursorState::default());
-        let map_slot = Arc::new(map::MapSlot::default());
-        let dmabuf_sink = Arc::new(dmabuf::DmabufSink::new(
-            opts.dmabuf.clone(),
-            Arc::clone(&publisher),
-        ));
-        let mut interfaces = Vec::new();
-        if opts.shared_memory {
-            interfaces.push(MAP_INTERFACE.to_owned());
-        }
-        if opts.dmabuf.is_some() {
-            interfaces.push(DMABUF2_INTERFACE.to_owned());
-        }
-        let object = listener::Listener {
-            publisher: Arc::clone(&publisher),
-            cursor: cursor_tx,
-            dmabuf: Arc::clone(&dmabuf_sink),
-            interfaces,
-            map: Arc::clone(&map_slot),
-        };
-        let (ours, theirs) = UnixStream::pair()?;
-        let mut build = zbus::connection::Builder::unix_stream(ours)
-            .p2p()
-            .serve_at(LISTENER_PATH, object);
-        if opts.shared_memory {
-            // Served before the connection processes anything: QEMU's GetAll on it comes
-            // right after the handshake.
-            build = build.serve_at(
-                LISTENER_PATH,
-                map::MapListener {
-                    publisher: Arc::clone(&publisher),
-                    slot: map_slot,
-                },
+        let (input, rx, input_counters) = input::channel(opts.input_queue);
+        let mut heads = Vec::with_capacity(ids.len());
+        let mut head_inputs = Vec::with_capacity(ids.len());
+        let mut listener_conns = Vec::with_capacity(ids.len());
+        let mut consoles = Vec::with_capacity(ids.len());
+        for (id, bus) in ids.into_iter().zip(buses) {
+            let Some((info, console)) = found.iter().find(|(i, _)| i.id == id) else {
+                return Err(QemuError::NoSuchConsole(id));
+            };
+            let mouse = MouseProxy::builder(&conn)
+                .destination(dest.clone())
+                .path(console_path(id))
+                .build()
+                .await?;
+            let (head, listener_conn) =
+                register(console, info, bus, &opts, Arc::clone(&input_counters)).await?;
+            tracing::info!(
+                vm = %vm_name, console = id, label = %info.label, via = %endpoint,
+                shared_memory = opts.shared_memory, gpu = opts.dmabuf.is_some(),
+                "registered as display listener of QEMU"
             );
+            head_inputs.push(input::HeadInput {
+                mouse,
+                console: console.clone(),
+            });
+            consoles.push(console.clone());
+            heads.push(head);
+            listener_conns.push(listener_conn);
         }
-        if opts.dmabuf.is_some() {
-            build = build.serve_at(
-                LISTENER_PATH,
-                dmabuf::Dmabuf2Listener {
-                    sink: Arc::clone(&dmabuf_sink),
-                },
-            );
-        }
-        let build = build.build();
-        // QEMU answers RegisterListener, then runs the D-Bus handshake on its end of the
-        // socket: both sides proceed at once.
-        let register = async {
-            let r = console
-                .register_listener(zbus::Fd::from(theirs.as_fd()))
-                .await;
-            // Only QEMU may hold the other end, so that its exit closes our socket.
-            drop(theirs);
-            r
-        };
-        // Bounded: a QEMU that takes the socket but never authenticates must not hang us.
-        let handshake = opts.call_timeout * 2;
-        let (listener_conn, registered) =
-            tokio::time::timeout(handshake, async { tokio::join!(build, register) })
-                .await
-                .map_err(|_| QemuError::HandshakeTimeout(handshake))?;
-        registered?;
-        let listener_conn = listener_conn?;
-        tracing::info!(
-            vm = %vm_name, console = console_id, label = %console_label, via = %endpoint,
-            shared_memory = opts.shared_memory, gpu = opts.dmabuf.is_some(),
-            "registered as display listener of QEMU"
-        );
 
+        // Every listener is registered: start the tasks.
         let (state_tx, state) = watch::channel(LinkState::Connected);
         let state_tx = Arc::new(state_tx);
-        let (input, rx, input_counters) = input::channel(opts.input_queue);
-        let tasks = vec![
-            tokio::spawn(
-                input::InputTask {
-                    rx,
-                    keyboard,
-                    mouse,
-                    console: console.clone(),
-                    counters: Arc::clone(&input_counters),
-                    state: state.clone(),
-                }
-                .run(),
-            ),
-            tokio::spawn(watch_size(console, Arc::downgrade(&publisher))),
-            tokio::spawn(watch_link(
-                conn.clone(),
-                listener_conn.clone(),
-                link.clone(),
-                Arc::clone(&state_tx),
-            )),
-        ];
+        let mut tasks = vec![tokio::spawn(
+            input::InputTask {
+                rx,
+                keyboard,
+                heads: head_inputs,
+                counters: Arc::clone(&input_counters),
+                state: state.clone(),
+            }
+            .run(),
+        )];
+        for (console, head) in consoles.into_iter().zip(&heads) {
+            tasks.push(tokio::spawn(watch_size(
+                console,
+                Arc::downgrade(&head.publisher),
+            )));
+        }
+        tasks.push(tokio::spawn(watch_link(
+            conn.clone(),
+            listener_conns.clone(),
+            link.clone(),
+            Arc::clone(&state_tx),
+        )));
 
         Ok(QemuDisplay {
-            bus,
             vm_name,
             vm_uuid,
-            console_id,
-            console_label,
             endpoint,
             owner: link.owner(),
-            publisher,
-            dmabuf: dmabuf_sink,
-            cursor,
+            heads,
             state,
             state_tx,
             input,
-            input_counters,
             tasks,
-            conns: Some((conn, listener_conn)),
+            conns: Some((conn, listener_conns)),
         })
     }
 
-    /// The VM's name (`-name`, or "QEMU <version>").
+    /// The VM's name (`-name`, or `QEMU <version>`).
     pub fn vm_name(&self) -> &str {
         &self.vm_name
     }
@@ -524,14 +648,25 @@ impl QemuDisplay {
         &self.vm_uuid
     }
 
-    /// The console index in use.
-    pub fn console_id(&self) -> u32 {
-        self.console_id
+    /// The consoles shown, in display order (display `i` is `heads()[i]`); at least one.
+    pub fn heads(&self) -> &[QemuHead] {
+        &self.heads
     }
 
-    /// The console's label (e.g. "VGA").
+    /// The first console shown (display 0).
+    fn first(&self) -> &QemuHead {
+        // Never empty: `attach` registers at least one console or fails.
+        &self.heads[0]
+    }
+
+    /// The console index in use (the first one with several).
+    pub fn console_id(&self) -> u32 {
+        self.first().console_id
+    }
+
+    /// The console's label (e.g. "VGA"; the first one's with several).
     pub fn console_label(&self) -> &str {
-        &self.console_label
+        &self.first().console_label
     }
 
     /// The unique bus name of the QEMU process we registered with (empty in peer-to-peer
@@ -545,24 +680,30 @@ impl QemuDisplay {
         &self.endpoint
     }
 
-    /// The bus the frames go to.
+    /// The bus the frames go to (the first console's with several).
     pub fn bus(&self) -> &FrameBus {
-        &self.bus
+        &self.first().bus
     }
 
-    /// The console's picture as last received (for snapshots and tests).
+    /// The console's picture as last received (the first console's with several).
     pub fn surface(&self) -> Surface {
-        self.publisher.surface()
+        self.first().surface()
     }
 
-    /// The sink that sends input to this console. Cheap to clone; never blocks.
+    /// The sink that sends input to QEMU. Cheap to clone; never blocks. Pointer positions go
+    /// to the console of their display ([`InputEvent::MouseMove`]'s `display` indexes
+    /// [`QemuDisplay::heads`]; others are skipped), buttons and relative motion to the console
+    /// the pointer was last on, keys to the first console.
+    ///
+    /// [`InputEvent::MouseMove`]: scanoutd_types::InputEvent::MouseMove
     pub fn input(&self) -> QemuInput {
         self.input.clone()
     }
 
-    /// The guest's cursor, updated on every `CursorDefine` / `MouseSet`.
+    /// The guest's cursor (the first console's with several), updated on every
+    /// `CursorDefine` / `MouseSet`.
     pub fn cursor(&self) -> watch::Receiver<CursorState> {
-        self.cursor.clone()
+        self.first().cursor()
     }
 
     /// The link state; it changes once, to [`LinkState::Closed`].
@@ -585,43 +726,24 @@ impl QemuDisplay {
         }
     }
 
+    /// Counters of the first console (see [`QemuHead::stats`] for the others).
     pub fn stats(&self) -> QemuStats {
-        let d = &self.publisher.counters;
-        let i = &self.input_counters;
-        let g = &self.dmabuf.counters;
-        QemuStats {
-            scanouts: d.scanouts.load(Ordering::Relaxed),
-            updates: d.updates.load(Ordering::Relaxed),
-            map_scanouts: d.map_scanouts.load(Ordering::Relaxed),
-            map_updates: d.map_updates.load(Ordering::Relaxed),
-            shared_memory: d.path.load(Ordering::Relaxed) == listener::FramePath::Map as u8,
-            frame_errors: d.frame_errors.load(Ordering::Relaxed),
-            surface_grown: d.grown.load(Ordering::Relaxed),
-            frames_published: self.publisher.frames_published(),
-            disabled: d.disabled.load(Ordering::Relaxed),
-            pixman_format: d.format.load(Ordering::Relaxed),
-            input_sent: i.sent.load(Ordering::Relaxed),
-            input_failed: i.failed.load(Ordering::Relaxed),
-            input_skipped: i.skipped.load(Ordering::Relaxed),
-            input_dropped: i.dropped.load(Ordering::Relaxed),
-            dmabuf_scanouts: g.scanouts.load(Ordering::Relaxed),
-            dmabuf_updates: g.updates.load(Ordering::Relaxed),
-            dmabuf_failed: g.failed.load(Ordering::Relaxed),
-            dmabuf_max_hold_us: g.max_hold_us.load(Ordering::Relaxed),
-        }
+        self.first().stats()
     }
 }
 
 impl QemuDisplay {
-    /// Unregister from QEMU and close both connections now (dropping does the same once the
+    /// Unregister from QEMU and close the connections now (dropping does the same once the
     /// aborted tasks are gone). The state becomes [`CloseReason::Local`].
     pub async fn close(mut self) {
         self.stop();
-        if let Some((conn, listener_conn)) = self.conns.take() {
-            // Closing the listener socket is what makes QEMU drop the listener (and release
+        if let Some((conn, listener_conns)) = self.conns.take() {
+            // Closing the listener sockets is what makes QEMU drop the listeners (and release
             // any key still held down).
-            if let Err(e) = listener_conn.close().await {
-                tracing::debug!(error = %e, "closing the QEMU listener connection");
+            for listener_conn in listener_conns {
+                if let Err(e) = listener_conn.close().await {
+                    tracing::debug!(error = %e, "closing the QEMU listener connection");
+                }
             }
             if let Err(e) = conn.close().await {
                 tracing::debug!(error = %e, "closing the D-Bus connection");
@@ -648,6 +770,129 @@ impl Drop for QemuDisplay {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Reach QEMU at `endpoint`: the bus connection (and QEMU's unique name there), or a fresh
+/// peer-to-peer connection through QMP `add_client`.
+async fn open(
+    endpoint: &QemuEndpoint,
+    opts: &ConnectOptions,
+) -> Result<(zbus::Connection, MainLink), QemuError> {
+    Ok(match endpoint {
+        QemuEndpoint::Bus(address) => {
+            let conn = zbus::connection::Builder::address(address.as_str())
+                .method_timeout(opts.call_timeout)
+                .build()
+                .await?;
+            let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+            let owner = wait_for_owner(&dbus, &opts.bus_name, opts.wait_for_qemu).await?;
+            let link = MainLink::Bus {
+                dbus,
+                name: opts.bus_name.clone(),
+                owner,
+            };
+            (conn, link)
+        }
+        QemuEndpoint::Qmp(path) => {
+            let ours = qmp::add_dbus_client(path, opts.call_timeout).await?;
+            // QEMU is the D-Bus server on this socket; we authenticate as the client.
+            let handshake = opts.call_timeout * 2;
+            let conn = tokio::time::timeout(
+                handshake,
+                zbus::connection::Builder::unix_stream(ours)
+                    .p2p()
+                    .method_timeout(opts.call_timeout)
+                    .build(),
+            )
+            .await
+            .map_err(|_| QemuError::PeerHandshakeTimeout(handshake))??;
+            (conn, MainLink::P2p)
+        }
+    })
+}
+
+/// Register our listener on one console: make a socket pair, serve the listener object on
+/// our end, pass QEMU the other with `RegisterListener`.
+async fn register(
+    console: &ConsoleProxy<'static>,
+    info: &ConsoleInfo,
+    bus: FrameBus,
+    opts: &ConnectOptions,
+    input_counters: Arc<input::InputCounters>,
+) -> Result<(QemuHead, zbus::Connection), QemuError> {
+    let publisher = listener::Publisher::new(bus.clone());
+    let (cursor_tx, cursor) = watch::channel(CursorState::default());
+    let map_slot = Arc::new(map::MapSlot::default());
+    let dmabuf_sink = Arc::new(dmabuf::DmabufSink::new(
+        opts.dmabuf.clone(),
+        Arc::clone(&publisher),
+    ));
+    let mut interfaces = Vec::new();
+    if opts.shared_memory {
+        interfaces.push(MAP_INTERFACE.to_owned());
+    }
+    if opts.dmabuf.is_some() {
+        interfaces.push(DMABUF2_INTERFACE.to_owned());
+    }
+    let object = listener::Listener {
+        publisher: Arc::clone(&publisher),
+        cursor: cursor_tx,
+        dmabuf: Arc::clone(&dmabuf_sink),
+        interfaces,
+        map: Arc::clone(&map_slot),
+    };
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut build = zbus::connection::Builder::unix_stream(ours)
+        .p2p()
+        .serve_at(LISTENER_PATH, object);
+    if opts.shared_memory {
+        // Served before the connection processes anything: QEMU's GetAll on it comes
+        // right after the handshake.
+        build = build.serve_at(
+            LISTENER_PATH,
+            map::MapListener {
+                publisher: Arc::clone(&publisher),
+                slot: map_slot,
+            },
+        );
+    }
+    if opts.dmabuf.is_some() {
+        build = build.serve_at(
+            LISTENER_PATH,
+            dmabuf::Dmabuf2Listener {
+                sink: Arc::clone(&dmabuf_sink),
+            },
+        );
+    }
+    let build = build.build();
+    // QEMU answers RegisterListener, then runs the D-Bus handshake on its end of the
+    // socket: both sides proceed at once.
+    let register = async {
+        let r = console
+            .register_listener(zbus::Fd::from(theirs.as_fd()))
+            .await;
+        // Only QEMU may hold the other end, so that its exit closes our socket.
+        drop(theirs);
+        r
+    };
+    // Bounded: a QEMU that takes the socket but never authenticates must not hang us.
+    let handshake = opts.call_timeout * 2;
+    let (listener_conn, registered) =
+        tokio::time::timeout(handshake, async { tokio::join!(build, register) })
+            .await
+            .map_err(|_| QemuError::HandshakeTimeout(handshake))?;
+    registered?;
+    let listener_conn = listener_conn?;
+    let head = QemuHead {
+        bus,
+        console_id: info.id,
+        console_label: info.label.clone(),
+        publisher,
+        dmabuf: dmabuf_sink,
+        cursor,
+        input_counters,
+    };
+    Ok((head, listener_conn))
 }
 
 /// The main connection to QEMU: how proxies address it and how its departure shows.
@@ -716,36 +961,36 @@ async fn wait_for_owner(
     }
 }
 
-async fn pick_console(
+/// Every console QEMU lists, with its proxy (in `ConsoleIDs` order).
+async fn discover(
     conn: &zbus::Connection,
     dest: &BusName<'static>,
-    ids: &[u32],
-    wanted: Option<u32>,
-) -> Result<(u32, ConsoleProxy<'static>), QemuError> {
-    if let Some(id) = wanted {
-        if !ids.contains(&id) {
-            return Err(QemuError::NoSuchConsole(id));
-        }
-    }
-    for &id in ids {
-        if wanted.is_some_and(|w| w != id) {
-            continue;
-        }
+) -> Result<Vec<(ConsoleInfo, ConsoleProxy<'static>)>, QemuError> {
+    let vm = VmProxy::builder(conn)
+        .destination(dest.clone())
+        .build()
+        .await?;
+    let ids = vm.console_ids().await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
         let console = ConsoleProxy::builder(conn)
             .destination(dest.clone())
             .path(console_path(id))
             .build()
             .await?;
         let kind = console.type_().await?;
-        if kind == "Graphic" {
-            return Ok((id, console));
+        let info = ConsoleInfo {
+            id,
+            label: console.label().await.unwrap_or_default(),
+            head: console.head().await.unwrap_or_default(),
+            kind,
+        };
+        if !info.is_graphic() {
+            tracing::debug!(id, kind = %info.kind, "non-graphic QEMU console");
         }
-        tracing::debug!(id, kind = %kind, "skipping non-graphic QEMU console");
-        if wanted.is_some() {
-            return Err(QemuError::NotGraphic { id, kind });
-        }
+        out.push((info, console));
     }
-    Err(QemuError::NoGraphicConsole)
+    Ok(out)
 }
 
 /// Follow the console's `Width` / `Height`: QEMU switches surfaces without a `Scanout` when the
@@ -775,15 +1020,31 @@ async fn watch_size(
 /// bus connection closing, whichever comes first.
 async fn watch_link(
     conn: zbus::Connection,
-    listener_conn: zbus::Connection,
+    listener_conns: Vec<zbus::Connection>,
     link: MainLink,
     state: Arc<watch::Sender<LinkState>>,
 ) {
+    // Any console's listener closing ends the link (QEMU exited, or dropped a listener).
+    let listener_closed = async {
+        use std::future::Future as _;
+        let mut closed: Vec<_> = listener_conns
+            .iter()
+            .map(|c| Box::pin(c.closed()))
+            .collect();
+        std::future::poll_fn(|cx| {
+            if closed.iter_mut().any(|f| f.as_mut().poll(cx).is_ready()) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    };
     let (dbus, name, owner) = match link {
         MainLink::Bus { dbus, name, owner } => (dbus, name, owner),
         MainLink::P2p => {
             let reason = tokio::select! {
-                _ = listener_conn.closed() => CloseReason::ListenerClosed,
+                _ = listener_closed => CloseReason::ListenerClosed,
                 _ = conn.closed() => CloseReason::PeerClosed,
             };
             tracing::warn!(%reason, "QEMU display link closed; keeping the last frame");
@@ -820,7 +1081,7 @@ async fn watch_link(
         std::future::pending().await
     };
     let reason = tokio::select! {
-        _ = listener_conn.closed() => CloseReason::ListenerClosed,
+        _ = listener_closed => CloseReason::ListenerClosed,
         _ = conn.closed() => CloseReason::BusClosed,
         _ = owner_gone => CloseReason::QemuLeftBus,
     };
@@ -836,4 +1097,49 @@ fn set_closed(state: &watch::Sender<LinkState>, reason: CloseReason) {
         *s = LinkState::Closed(reason);
         true
     });
+}
+
+#[cfg(test)]
+mod selection_tests {
+    use super::*;
+
+    fn consoles() -> Vec<ConsoleInfo> {
+        let c = |id, kind: &str| ConsoleInfo {
+            id,
+            kind: kind.to_owned(),
+            label: format!("c{id}"),
+            head: 0,
+        };
+        vec![c(0, "Text"), c(1, "Graphic"), c(2, "Text"), c(3, "Graphic")]
+    }
+
+    #[test]
+    fn selections_resolve_in_display_order() {
+        let cs = consoles();
+        assert_eq!(ConsoleSelection::First.resolve(&cs).unwrap(), [1]);
+        assert_eq!(ConsoleSelection::AllGraphic.resolve(&cs).unwrap(), [1, 3]);
+        assert_eq!(
+            ConsoleSelection::List(vec![3, 1]).resolve(&cs).unwrap(),
+            [3, 1]
+        );
+        assert!(matches!(
+            ConsoleSelection::List(vec![1, 9]).resolve(&cs),
+            Err(QemuError::NoSuchConsole(9))
+        ));
+        assert!(matches!(
+            ConsoleSelection::List(vec![2]).resolve(&cs),
+            Err(QemuError::NotGraphic { id: 2, .. })
+        ));
+        assert!(matches!(
+            ConsoleSelection::List(vec![]).resolve(&cs),
+            Err(QemuError::NothingToShow)
+        ));
+        let text_only = &cs[..1];
+        for sel in [ConsoleSelection::First, ConsoleSelection::AllGraphic] {
+            assert!(matches!(
+                sel.resolve(text_only),
+                Err(QemuError::NoGraphicConsole)
+            ));
+        }
+    }
 }

@@ -31,6 +31,9 @@ pub(crate) trait Console {
     fn type_(&self) -> zbus::Result<String>;
 
     #[zbus(property)]
+    fn head(&self) -> zbus::Result<u32>;
+
+    #[zbus(property)]
     fn width(&self) -> zbus::Result<u32>;
 
     #[zbus(property)]

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use scanoutd_qemu::{
-    CloseReason, ConnectOptions, InputSink, QemuDisplay, QemuEndpoint, QemuError, QemuStats,
+    list_consoles, CloseReason, ConnectOptions, ConsoleSelection, InputSink, QemuDisplay,
+    QemuEndpoint, QemuError, QemuStats,
 };
 use scanoutd_ring::FrameBus;
-use scanoutd_types::InputEvent;
+use scanoutd_types::{InputEvent, MouseButton};
 
 macro_rules! require_qemu {
     () => {
@@ -245,6 +246,145 @@ async fn p2p_keys_reach_qemu() {
     );
     let s = display.stats();
     assert_eq!((s.input_sent, s.input_failed, s.input_dropped), (5, 0, 0));
+}
+
+/// Two graphic consoles (std VGA with SeaBIOS, a secondary-vga showing QEMU's "not
+/// initialized" placeholder) over one peer-to-peer connection: each console feeds its own
+/// bus with its own picture, equal to QEMU's screendump of that device; pointer positions go
+/// to the console their display names, keys to the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_two_consoles_each_feed_their_own_bus() {
+    require_qemu!();
+    init_logs();
+    let _serial = VM_LOCK.lock().await;
+    let vm = P2pVm::start(
+        "heads",
+        &[
+            "-device",
+            "secondary-vga,id=video1",
+            "-trace",
+            "input_event_rel",
+            "-trace",
+            "input_event_btn",
+            "-trace",
+            "input_event_key_qcode",
+        ],
+    );
+    let endpoint = QemuEndpoint::Qmp(vm.display_qmp.clone());
+    // Listing is an add_client of its own; the socket file appears a moment before QEMU
+    // listens on it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let consoles = loop {
+        match list_consoles(&endpoint, &ConnectOptions::default()).await {
+            Ok(c) => break c,
+            Err(QemuError::QmpConnect { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("listing consoles: {e}\nqemu log:\n{}", vm.qemu_log()),
+        }
+    };
+    let graphic: Vec<(u32, &str)> = consoles
+        .iter()
+        .filter(|c| c.is_graphic())
+        .map(|c| (c.id, c.label.as_str()))
+        .collect();
+    assert_eq!(graphic, [(0, "VGA"), (1, "video1")], "{consoles:?}");
+    assert_eq!(
+        ConsoleSelection::AllGraphic.resolve(&consoles).unwrap(),
+        [0, 1]
+    );
+
+    let buses = [FrameBus::new(), FrameBus::new()];
+    let display = tokio::time::timeout(
+        Duration::from_secs(30),
+        QemuDisplay::connect_consoles(
+            &endpoint,
+            ConsoleSelection::AllGraphic,
+            buses.to_vec(),
+            ConnectOptions::default(),
+        ),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("connect");
+    let ids: Vec<u32> = display.heads().iter().map(|h| h.console_id()).collect();
+    assert_eq!(ids, [0, 1]);
+    assert_eq!(display.console_id(), 0);
+    for bus in &buses {
+        let _ = first_frame(bus, Duration::from_secs(20)).await;
+    }
+
+    // Input: positions on display 1 then display 0, each with a button held (the guest's
+    // mouse is relative: the first position on a display only sets the origin); one on a
+    // display that does not exist; a key.
+    let sink = display.input();
+    let pos = |x, y, display| InputEvent::MouseMove { x, y, display };
+    let button = |button, pressed| InputEvent::Button { button, pressed };
+    let events = [
+        pos(10, 10, 1),
+        button(MouseButton::Left, true),
+        pos(13, 14, 1),
+        button(MouseButton::Left, false),
+        pos(50, 50, 0),
+        button(MouseButton::Right, true),
+        pos(55, 52, 0),
+        button(MouseButton::Right, false),
+        pos(1, 1, 7),
+        InputEvent::Key {
+            scancode: 0x1E,
+            pressed: true,
+        },
+        InputEvent::Key {
+            scancode: 0x1E,
+            pressed: false,
+        },
+    ];
+    for ev in events {
+        sink.input(ev);
+    }
+    wait_for_log(&vm.log_path(), "input_event_key_qcode", 2).await;
+    let log = vm.qemu_log();
+    let got: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("input_event"))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "input_event_btn con 1, button left, down 1",
+            "input_event_rel con 1, axis x, value 3",
+            "input_event_rel con 1, axis y, value 4",
+            "input_event_btn con 1, button left, down 0",
+            "input_event_btn con 0, button right, down 1",
+            "input_event_rel con 0, axis x, value 5",
+            "input_event_rel con 0, axis y, value 2",
+            "input_event_btn con 0, button right, down 0",
+            "input_event_key_qcode con 0, key qcode a, down 1",
+            "input_event_key_qcode con 0, key qcode a, down 0",
+        ],
+        "QEMU trace:\n{log}"
+    );
+    let s = display.heads()[1].stats();
+    assert_eq!((s.input_sent, s.input_skipped), (8, 1));
+
+    // Pictures: once SeaBIOS is in text mode, freeze the guest (its cursor blinks), then each
+    // bus equals the screendump of its own device.
+    frame_of_size(&buses[0], 720, 400, Duration::from_secs(20)).await;
+    let mut qmp = vm.qmp();
+    qmp.execute(r#"{"execute":"stop"}"#);
+    let mut sizes = Vec::new();
+    for (bus, device) in buses.iter().zip([None, Some("video1")]) {
+        let (diff, fw, fh, pw, ph) =
+            compare_device_with_screendump(&vm.dir.0, &mut qmp, bus, device).await;
+        assert_eq!((fw, fh), (pw, ph), "console {device:?}: size");
+        assert_eq!(diff, Some(0), "console {device:?}: pixels");
+        sizes.push((fw, fh));
+    }
+    assert_eq!(sizes, [(720, 400), (640, 480)]);
+    let (a, b) = (buses[0].latest().unwrap(), buses[1].latest().unwrap());
+    assert!(a.data != b.data);
+    drop((a, b));
+    display.close().await;
 }
 
 /// Killing QEMU ends the link (closed() fires, the last frame stays); a new QEMU on the same

@@ -1,6 +1,6 @@
 //! A deliberately tiny HTTP/1.0 responder for `/metrics` (Prometheus text) and
-//! `/snapshot.ppm` (the source's current frame). One request per connection, bounded in size
-//! and time.
+//! `/snapshot.ppm` (the source's current frame; `/snapshot.ppm?display=N` for display N when
+//! there are several). One request per connection, bounded in size and time.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ const MAX_REQUEST: usize = 8 * 1024;
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    bus: FrameBus,
+    buses: Vec<FrameBus>,
     source_start_unix_ms: u64,
 ) {
     loop {
@@ -31,11 +31,11 @@ pub async fn serve(
             }
         };
         let metrics = Arc::clone(&metrics);
-        let bus = bus.clone();
+        let buses = buses.clone();
         tokio::spawn(async move {
             let r = tokio::time::timeout(
                 Duration::from_secs(10),
-                handle(stream, &metrics, &bus, source_start_unix_ms),
+                handle(stream, &metrics, &buses, source_start_unix_ms),
             )
             .await;
             match r {
@@ -50,7 +50,7 @@ pub async fn serve(
 async fn handle(
     mut stream: TcpStream,
     metrics: &Metrics,
-    bus: &FrameBus,
+    buses: &[FrameBus],
     start_ms: u64,
 ) -> std::io::Result<()> {
     let mut req = Vec::with_capacity(512);
@@ -84,6 +84,15 @@ async fn handle(
         )
         .await;
     }
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    // `display="N"` labels only when there are several displays.
+    let label = |i: usize, sep: &str| {
+        if buses.len() > 1 {
+            format!("{sep}display=\"{i}\"")
+        } else {
+            String::new()
+        }
+    };
     match path {
         "/metrics" => {
             let mut body = String::with_capacity(4096);
@@ -92,15 +101,25 @@ async fn handle(
                 "# HELP scanoutd_frames_produced_total Frames the source published."
             );
             let _ = writeln!(body, "# TYPE scanoutd_frames_produced_total counter");
-            let ring = bus.stats();
-            let _ = writeln!(body, "scanoutd_frames_produced_total {}", ring.published);
+            for (i, bus) in buses.iter().enumerate() {
+                let l = label(i, "");
+                let l = if l.is_empty() { l } else { format!("{{{l}}}") };
+                let _ = writeln!(
+                    body,
+                    "scanoutd_frames_produced_total{l} {}",
+                    bus.stats().published
+                );
+            }
             let _ = writeln!(body, "# HELP scanoutd_frames_dropped_total Source frames not published, by reason (ring_full: every ring slot was held by a reader).");
             let _ = writeln!(body, "# TYPE scanoutd_frames_dropped_total counter");
-            let _ = writeln!(
-                body,
-                "scanoutd_frames_dropped_total{{reason=\"ring_full\"}} {}",
-                ring.dropped_ring_full
-            );
+            for (i, bus) in buses.iter().enumerate() {
+                let _ = writeln!(
+                    body,
+                    "scanoutd_frames_dropped_total{{reason=\"ring_full\"{}}} {}",
+                    label(i, ","),
+                    bus.stats().dropped_ring_full
+                );
+            }
             let _ = writeln!(body, "# HELP scanoutd_source_start_unix_ms When the source's animation clock was 0 (Unix ms).");
             let _ = writeln!(body, "# TYPE scanoutd_source_start_unix_ms gauge");
             let _ = writeln!(body, "scanoutd_source_start_unix_ms {start_ms}");
@@ -113,20 +132,34 @@ async fn handle(
             )
             .await
         }
-        "/snapshot.ppm" => match bus.latest() {
-            Some(f) => {
-                let body = ppm(&f);
-                respond(&mut stream, "200 OK", "image/x-portable-pixmap", &body).await
-            }
+        "/snapshot.ppm" => match snapshot_display(query)
+            .and_then(|i| buses.get(i))
+            .map(FrameBus::latest)
+        {
             None => {
                 respond(
                     &mut stream,
-                    "503 Service Unavailable",
+                    "404 Not Found",
                     "text/plain",
-                    b"no frame yet\n",
+                    b"no such display\n",
                 )
                 .await
             }
+            Some(latest) => match latest {
+                Some(f) => {
+                    let body = ppm(&f);
+                    respond(&mut stream, "200 OK", "image/x-portable-pixmap", &body).await
+                }
+                None => {
+                    respond(
+                        &mut stream,
+                        "503 Service Unavailable",
+                        "text/plain",
+                        b"no frame yet\n",
+                    )
+                    .await
+                }
+            },
         },
         "/" => {
             respond(
@@ -154,6 +187,14 @@ async fn respond(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body).await?;
     stream.shutdown().await
+}
+
+/// The display a snapshot query names (`display=N`; display 0 without one).
+fn snapshot_display(query: &str) -> Option<usize> {
+    match query.split('&').find_map(|kv| kv.strip_prefix("display=")) {
+        Some(n) => n.parse().ok(),
+        None => Some(0),
+    }
 }
 
 /// A binary PPM (P6) of a BGRx frame.

@@ -8,10 +8,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use scanoutd_demo::Scene;
+use scanoutd_qemu::ConsoleSelection;
 use scanoutd_ring::FrameBus;
 use scanoutd_types::{Codec, EncoderFactory, NoEncoders};
 use spice_server::{
-    Compression, Metrics, RateLimits, ServerConfig, SpiceServer, StreamMode, Ticketing,
+    Compression, DisplaySource, Metrics, RateLimits, ServerConfig, SpiceServer, StreamMode,
+    Ticketing,
 };
 use tokio::net::TcpListener;
 
@@ -102,6 +104,41 @@ fn parse_source(s: &str) -> Result<SourceSpec, String> {
     ))
 }
 
+/// Which QEMU consoles to show (`--console`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ConsoleArg {
+    /// These consoles, each a monitor, in this order.
+    List(Vec<u32>),
+    /// Every graphic console, each a monitor.
+    All,
+}
+
+fn parse_console(s: &str) -> Result<ConsoleArg, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("all") {
+        return Ok(ConsoleArg::All);
+    }
+    let mut ids = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let id: u32 = part
+            .parse()
+            .map_err(|_| format!("{part:?} is not a console number: expected N, N,M,... or all"))?;
+        if ids.contains(&id) {
+            return Err(format!("console {id} is listed twice"));
+        }
+        ids.push(id);
+    }
+    if ids.len() > spice_server::MAX_DISPLAYS {
+        return Err(format!(
+            "{} consoles: at most {} can be shown",
+            ids.len(),
+            spice_server::MAX_DISPLAYS
+        ));
+    }
+    Ok(ConsoleArg::List(ids))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum OnQemuExit {
     /// Keep serving the last picture and reconnect when QEMU comes back.
@@ -160,9 +197,16 @@ struct ServeArgs {
     /// scanoutd a -qmp of its own).
     #[arg(long, default_value = "demo", value_parser = parse_source, value_name = "SOURCE")]
     source: SourceSpec,
-    /// With a QEMU source: the console to show (default: the first graphic console).
-    #[arg(long, value_name = "N")]
-    console: Option<u32>,
+    /// With a QEMU source: which consoles to show (default: the first graphic console).
+    /// `N`: console N. `N,M,...`: several consoles, each a monitor of the client (SPICE
+    /// display channels 0, 1, ... in this order; remote-viewer opens a window for each).
+    /// `all`: every graphic console, each a monitor; they are counted when QEMU is first
+    /// reached, so with `all` scanoutd waits for QEMU before it accepts clients. A QEMU
+    /// `-device secondary-vga`, or a second `-device virtio-gpu-pci` / `max_outputs=2`,
+    /// gives a guest a second console. Keys go to the first console shown, the pointer to
+    /// the console it is on.
+    #[arg(long, value_name = "N|N,M,...|all", value_parser = parse_console)]
+    console: Option<ConsoleArg>,
     /// With a QEMU source: what to do when QEMU goes away.
     #[arg(long, value_enum, default_value_t = OnQemuExit::Keep)]
     on_qemu_exit: OnQemuExit,
@@ -322,10 +366,31 @@ async fn serve(args: ServeArgs) -> Result<()> {
         bail!("--min-bitrate must be at least 1 and at most --max-bitrate");
     }
     let (encoders, codecs) = encoders(&args)?;
-    let bus = FrameBus::new();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    // How many displays (monitors) there are, and which consoles feed them.
+    let (displays, selection) = match (&args.source, &args.console) {
+        (SourceSpec::Demo, _) => (1, ConsoleSelection::First),
+        (SourceSpec::Qemu(_), None) => (1, ConsoleSelection::First),
+        (SourceSpec::Qemu(_), Some(ConsoleArg::List(ids))) => {
+            (ids.len(), ConsoleSelection::List(ids.clone()))
+        }
+        (SourceSpec::Qemu(endpoint), Some(ConsoleArg::All)) => {
+            let count = qemu_source::count_graphic_consoles(endpoint, spice_server::MAX_DISPLAYS);
+            let n = tokio::select! {
+                n = count => n?,
+                r = tokio::signal::ctrl_c() => { r.context("waiting for SIGINT")?; tracing::info!("SIGINT: shutting down"); return Ok(()); }
+                _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
+            };
+            (n, ConsoleSelection::AllGraphic)
+        }
+    };
+    let buses: Vec<FrameBus> = (0..displays.max(1)).map(|_| FrameBus::new()).collect();
+    let bus = buses[0].clone();
     let mut demo = None;
-    // The source's pointer, for sources that have one (the demo shows the default arrow).
-    let mut cursor_feed = None;
+    // The source's pointer per display, for sources that have one (the demo shows the default
+    // arrow).
+    let mut cursor_feeds = None;
     let (input, start_unix_ms, mut source_task): (Arc<dyn scanoutd_types::InputSink>, u64, _) =
         match &args.source {
             SourceSpec::Demo => {
@@ -340,14 +405,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }
             SourceSpec::Qemu(endpoint) => {
                 let input = Arc::new(qemu_source::SwitchableInput::default());
-                let (cursor_tx, cursor_rx) =
-                    tokio::sync::watch::channel(scanoutd_types::CursorState::default());
-                cursor_feed = Some(cursor_rx);
+                let (cursor_tx, cursor_rx): (Vec<_>, Vec<_>) = buses
+                    .iter()
+                    .map(|_| tokio::sync::watch::channel(scanoutd_types::CursorState::default()))
+                    .unzip();
+                cursor_feeds = Some(cursor_rx);
                 let gpu = gpu_path::start(args.gpu, args.render_node.clone()).await?;
                 let task = tokio::spawn(qemu_source::run(
                     endpoint.clone(),
-                    args.console,
-                    bus.clone(),
+                    selection,
+                    buses.clone(),
                     Arc::clone(&input),
                     cursor_tx,
                     gpu,
@@ -384,17 +451,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    let server = match cursor_feed {
-        Some(cursor) => SpiceServer::with_cursor(
-            cfg,
-            bus.clone(),
-            input,
-            encoders,
-            Arc::clone(&metrics),
-            cursor,
-        ),
-        None => SpiceServer::new(cfg, bus.clone(), input, encoders, Arc::clone(&metrics)),
+    let sources: Vec<DisplaySource> = match cursor_feeds {
+        Some(feeds) => buses
+            .iter()
+            .zip(feeds)
+            .map(|(b, c)| DisplaySource::with_cursor(b.clone(), c))
+            .collect(),
+        None => buses.iter().cloned().map(DisplaySource::new).collect(),
     };
+    let server = SpiceServer::with_displays(cfg, sources, input, encoders, Arc::clone(&metrics))
+        .context("the displays")?;
 
     let http = match args.metrics {
         Some(addr) => {
@@ -405,7 +471,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             Some(tokio::spawn(http::serve(
                 l,
                 Arc::clone(&metrics),
-                bus.clone(),
+                buses.clone(),
                 start_unix_ms,
             )))
         }
@@ -420,15 +486,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
             listener.local_addr()?
         ),
         SourceSpec::Qemu(endpoint) => tracing::info!(
-            "serving QEMU's display from its {endpoint} on spice://{}",
-            listener.local_addr()?
+            "serving QEMU's display from its {endpoint} on spice://{}{}",
+            listener.local_addr()?,
+            if displays > 1 {
+                format!(" as {displays} monitors")
+            } else {
+                String::new()
+            }
         ),
     }
     let srv = Arc::clone(&server);
     let mut accept = tokio::spawn(async move { srv.serve(listener).await });
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => { r.context("waiting for SIGINT")?; tracing::info!("SIGINT: shutting down"); }
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -447,7 +516,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(d) = &demo {
         d.stop();
     }
-    bus.close();
+    for b in &buses {
+        b.close();
+    }
     if !server.wait_closed(Duration::from_secs(3)).await {
         tracing::warn!("some connections did not close within 3 s");
     }
@@ -494,5 +565,43 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => rt.block_on(serve(args)),
         Command::RenderDemo(args) => render_demo(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_argument() {
+        assert_eq!(parse_console("0"), Ok(ConsoleArg::List(vec![0])));
+        assert_eq!(parse_console("2,0"), Ok(ConsoleArg::List(vec![2, 0])));
+        assert_eq!(parse_console(" 1, 3 "), Ok(ConsoleArg::List(vec![1, 3])));
+        assert_eq!(parse_console("all"), Ok(ConsoleArg::All));
+        assert_eq!(parse_console("ALL"), Ok(ConsoleArg::All));
+        for bad in ["", "x", "1,", "1,1", "-1", "0,all"] {
+            assert!(parse_console(bad).is_err(), "{bad:?}");
+        }
+        let many: Vec<String> = (0..=spice_server::MAX_DISPLAYS as u32)
+            .map(|i| i.to_string())
+            .collect();
+        assert!(parse_console(&many.join(",")).is_err());
+    }
+
+    #[test]
+    fn console_flag_parses() {
+        let cli = Cli::try_parse_from([
+            "scanoutd",
+            "serve",
+            "--source",
+            "qemu-qmp:/tmp/x.sock",
+            "--console",
+            "all",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve");
+        };
+        assert_eq!(args.console, Some(ConsoleArg::All));
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use scanoutd_qemu::{ConnectOptions, QemuDisplay, QemuEndpoint};
+use scanoutd_qemu::{ConnectOptions, ConsoleSelection, QemuDisplay, QemuEndpoint};
 use scanoutd_ring::FrameBus;
 use scanoutd_types::{CursorState, InputEvent, InputSink};
 use tokio::sync::watch;
@@ -37,40 +37,56 @@ impl InputSink for SwitchableInput {
     }
 }
 
-/// Connect to QEMU's D-Bus display at `endpoint` and keep the bus fed. Returns only when QEMU
-/// went away and `exit_on_close` is set (as an error), or never. In QMP mode every attempt is a
-/// new `add_client` on the same socket, so a QEMU restarted there is picked up too.
+/// Connect to QEMU's D-Bus display at `endpoint` and keep the buses fed: the consoles
+/// `consoles` names, paired in order with `buses` (display 0 first), over one connection, and
+/// each console's pointer copied into the `cursors` feed of the same index. Returns only when
+/// QEMU went away and `exit_on_close` is set (as an error), or never. In QMP mode every attempt
+/// is a new `add_client` on the same socket, so a QEMU restarted there is picked up too; with
+/// [`ConsoleSelection::AllGraphic`] the consoles are looked up again on each connection.
 pub async fn run(
     endpoint: QemuEndpoint,
-    console: Option<u32>,
-    bus: FrameBus,
+    consoles: ConsoleSelection,
+    buses: Vec<FrameBus>,
     input: Arc<SwitchableInput>,
-    cursor: watch::Sender<CursorState>,
+    cursors: Vec<watch::Sender<CursorState>>,
     gpu: Option<Arc<dyn scanoutd_qemu::DmabufReader>>,
     exit_on_close: bool,
 ) -> Result<()> {
     let mut attempts: u64 = 0;
     loop {
         let opts = ConnectOptions {
-            console,
             wait_for_qemu: Duration::from_secs(1),
             dmabuf: gpu.clone(),
             ..ConnectOptions::default()
         };
-        match QemuDisplay::connect_to(&endpoint, bus.clone(), opts).await {
+        let connected =
+            QemuDisplay::connect_consoles(&endpoint, consoles.clone(), buses.clone(), opts).await;
+        match connected {
             Ok(vm) => {
                 attempts = 0;
+                let heads: Vec<String> = vm
+                    .heads()
+                    .iter()
+                    .map(|h| format!("{} ({})", h.console_id(), h.console_label()))
+                    .collect();
                 tracing::info!(
-                    "connected to the display of VM {:?}, console {} ({})",
+                    "connected to the display of VM {:?}, console{} {}",
                     vm.vm_name(),
-                    vm.console_id(),
-                    vm.console_label()
+                    if heads.len() == 1 { "" } else { "s" },
+                    heads.join(", ")
                 );
                 input.set(Some(Arc::new(vm.input())));
-                let follow = tokio::spawn(follow_cursor(vm.cursor(), cursor.clone()));
+                let follow: Vec<_> = vm
+                    .heads()
+                    .iter()
+                    .zip(&cursors)
+                    .map(|(head, feed)| tokio::spawn(follow_cursor(head.cursor(), feed.clone())))
+                    .collect();
                 let reason = vm.closed().await;
                 input.set(None);
-                follow.abort();
+                for f in follow {
+                    f.abort();
+                }
                 tracing::warn!(
                     "QEMU's display went away ({reason:?}); clients keep the last picture"
                 );
@@ -88,6 +104,49 @@ pub async fn run(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// How many consoles [`ConsoleSelection::AllGraphic`] shows: QEMU's graphic consoles, looked
+/// up once QEMU is reached (retrying every second until it is), at most `max`.
+pub async fn count_graphic_consoles(endpoint: &QemuEndpoint, max: usize) -> Result<usize> {
+    let mut attempts: u64 = 0;
+    loop {
+        let opts = ConnectOptions {
+            wait_for_qemu: Duration::from_secs(1),
+            ..ConnectOptions::default()
+        };
+        let err = match scanoutd_qemu::list_consoles(endpoint, &opts).await {
+            Ok(consoles) => {
+                let graphic: Vec<String> = consoles
+                    .iter()
+                    .filter(|c| c.is_graphic())
+                    .map(|c| format!("{} ({})", c.id, c.label))
+                    .collect();
+                if !graphic.is_empty() {
+                    tracing::info!(
+                        "QEMU has {} graphic console(s): {}; each is a monitor",
+                        graphic.len(),
+                        graphic.join(", ")
+                    );
+                    if graphic.len() > max {
+                        tracing::warn!(
+                            "only the first {max} consoles are shown (at most {max} displays)"
+                        );
+                    }
+                    return Ok(graphic.len().min(max));
+                }
+                anyhow::anyhow!("QEMU has no graphic console")
+            }
+            Err(e) => e.into(),
+        };
+        if attempts.is_multiple_of(30) {
+            tracing::warn!(
+                "--console all: waiting for QEMU's display on {endpoint} to count its consoles ({err}); retrying every second"
+            );
+        }
+        attempts += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

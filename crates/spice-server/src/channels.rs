@@ -46,17 +46,20 @@ pub(crate) async fn run(server: &Arc<SpiceServer>, linked: Linked) {
         server.cfg.max_client_message,
     );
     let sid = session.id;
-    tracing::info!(%peer, session = format_args!("{sid:#010x}"), "{channel:?} channel connected");
+    let cid = mess.channel_id;
+    tracing::info!(%peer, session = format_args!("{sid:#010x}"), "{channel:?} channel {cid} connected");
     let result = match channel {
         ChannelType::Main => main_channel(server, &session, &mut conn).await,
         ChannelType::Display => crate::display::run(server, &session, &mut conn, &mess).await,
         ChannelType::Inputs => inputs_channel(server, &session, &mut conn).await,
-        ChannelType::Cursor => cursor_channel(server, &session, &mut conn).await,
+        ChannelType::Cursor => {
+            cursor_channel(server, &session, &mut conn, usize::from(mess.channel_id)).await
+        }
         _ => Ok(()),
     };
     match result {
         Ok(()) => {
-            tracing::info!(%peer, session = format_args!("{sid:#010x}"), "{channel:?} channel closed")
+            tracing::info!(%peer, session = format_args!("{sid:#010x}"), "{channel:?} channel {cid} closed")
         }
         Err(ServerError::Protocol(e)) => {
             server.metrics.protocol_error();
@@ -101,9 +104,10 @@ async fn main_channel(
     session: &Session,
     conn: &mut Conn,
 ) -> Result<(), ServerError> {
+    let displays = server.displays.len();
     let init = MainInit {
         session_id: session.id,
-        display_channels_hint: 1,
+        display_channels_hint: displays as u32,
         supported_mouse_modes: (MOUSE_MODE_SERVER | MOUSE_MODE_CLIENT) as u32,
         current_mouse_mode: session.mouse_mode.load(Relaxed) as u32,
         agent_connected: 0,
@@ -123,11 +127,16 @@ async fn main_channel(
             };
             match msg {
                 ClientMsg::MainAttachChannels => {
-                    let list = vec![
-                        (ChannelType::Display as u8, 0),
-                        (ChannelType::Inputs as u8, 0),
-                        (ChannelType::Cursor as u8, 0),
-                    ];
+                    // Display channels 0..N, the inputs channel, cursor channels 0..N (the
+                    // client's widget for display N opens the cursor channel with the same
+                    // id). At most MAX_DISPLAYS, so every id fits in a u8.
+                    let ids = 0..displays.min(crate::MAX_DISPLAYS) as u8;
+                    let list = ids
+                        .clone()
+                        .map(|i| (ChannelType::Display as u8, i))
+                        .chain(std::iter::once((ChannelType::Inputs as u8, 0)))
+                        .chain(ids.map(|i| (ChannelType::Cursor as u8, i)))
+                        .collect();
                     conn.send(&ServerMsg::ChannelsList(list)).await?;
                 }
                 ClientMsg::MainMouseModeRequest(mode) => {
@@ -239,15 +248,17 @@ async fn cursor_changed(
     }
 }
 
-/// The cursor channel: INIT with the source's current pointer (or the default arrow), then
-/// SET / MOVE / HIDE as the source's [`CursorState`] changes (see `cursor.rs`). The feed is a
-/// watch, so nothing queues per client; a client that stops reading stalls only this task.
+/// The cursor channel of `display` (its channel id): INIT with that display's current pointer
+/// (or the default arrow), then SET / MOVE / HIDE as its [`CursorState`] changes (see
+/// `cursor.rs`). The feed is a watch, so nothing queues per client; a client that stops
+/// reading stalls only this task.
 async fn cursor_channel(
     server: &Arc<SpiceServer>,
     session: &Session,
     conn: &mut Conn,
+    display: usize,
 ) -> Result<(), ServerError> {
-    let mut feed = server.cursor.clone();
+    let mut feed = server.displays.get(display).and_then(|d| d.cursor.clone());
     let latest = |feed: &mut Option<watch::Receiver<CursorState>>| {
         feed.as_mut()
             .map(|rx| rx.borrow_and_update().clone())

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use scanoutd_ring::Update;
+use scanoutd_ring::{FrameBus, Update};
 use scanoutd_types::{unix_ms, Codec, Frame, Rect, VideoEncoder};
 use spice_proto::consts::{
     DISPLAY_CAP_LZ4_COMPRESSION, DISPLAY_CAP_STREAM_REPORT, ROPD_OP_PUT, STREAM_FLAG_TOP_DOWN,
@@ -14,7 +14,7 @@ use spice_proto::consts::{
 use spice_proto::{Caps, ClientMsg, Clip, DrawCopy, Head, Image, LinkMess, ServerMsg, SpiceRect};
 
 use crate::conn::Conn;
-use crate::rate::{MmTuner, RateControl};
+use crate::rate::RateControl;
 use crate::stream::{codec_candidates, spice_codec, StreamAction, StreamPolicy};
 use crate::{ClientStats, Compression, ServerError, Session, SpiceServer};
 
@@ -75,7 +75,9 @@ struct Stream {
 struct Display<'a> {
     server: &'a Arc<SpiceServer>,
     session: &'a Session,
-    mm: MmTuner,
+    /// Which display (channel id) this is, and its frames.
+    id: u8,
+    bus: &'a FrameBus,
     stats: Arc<ClientStats>,
     client_caps: Caps,
     lz4: bool,
@@ -97,12 +99,21 @@ pub(crate) async fn run(
     mess: &LinkMess,
 ) -> Result<(), ServerError> {
     let client_caps = mess.channel_caps.clone();
+    let id = mess.channel_id;
+    let (Some(source), Some(stats)) = (
+        server.displays.get(usize::from(id)),
+        session.stats.get(usize::from(id)),
+    ) else {
+        // The link stage refuses ids past the display count.
+        return Err(ServerError::Config(format!("no display {id}")));
+    };
     let now = Instant::now();
     let mut d = Display {
         server,
         session,
-        mm: MmTuner::new(session.mm_margin_ms.load(Relaxed)),
-        stats: Arc::clone(&session.stats),
+        id,
+        bus: &source.bus,
+        stats: Arc::clone(stats),
         lz4: client_caps.has(DISPLAY_CAP_LZ4_COMPRESSION)
             && server.cfg.compression == Compression::Auto,
         reports: client_caps.has(DISPLAY_CAP_STREAM_REPORT),
@@ -116,7 +127,7 @@ pub(crate) async fn run(
         rate: RateControl::new(server.cfg.rate, server.cfg.source_fps, now),
         frame_period: Duration::from_secs_f64(1.0 / f64::from(server.cfg.source_fps.max(1))),
     };
-    let sub = server.bus.subscribe();
+    let sub = source.bus.subscribe();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let result = async {
@@ -135,7 +146,7 @@ pub(crate) async fn run(
                 _ = tokio::time::sleep_until(wake), if paced => {}
                 u = sub.next(), if !paced => {
                     let Some(u) = u else {
-                        tracing::info!(peer = %conn.peer, "the display source ended");
+                        tracing::info!(peer = %conn.peer, display = id, "the display source ended");
                         return Ok(());
                     };
                     d.on_update(conn, u).await?;
@@ -182,14 +193,20 @@ impl Display<'_> {
                 } else {
                     tracing::trace!(peer = %conn.peer, "stream report: {r:?}");
                     let mjpeg = st.codec == Codec::Mjpeg;
-                    if let Some(d) =
-                        self.mm
-                            .on_report(Instant::now(), mjpeg, r.last_frame_delay, r.num_drops)
-                    {
-                        tracing::debug!(peer = %conn.peer, "client reports a frame margin of {} ms: frames now due {d} ms after capture", r.last_frame_delay);
+                    // One clock per client: every display channel's reports tune it.
+                    let tuned = self
+                        .session
+                        .mm
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .on_report(Instant::now(), mjpeg, r.last_frame_delay, r.num_drops);
+                    if let Some(d) = tuned {
+                        tracing::debug!(peer = %conn.peer, display = self.id, "client reports a frame margin of {} ms: frames now due {d} ms after capture", r.last_frame_delay);
                         self.session.mm_margin_ms.store(d, Relaxed);
                         self.session.mm_changed.notify_one();
-                        self.stats.mm_margin_ms.store(u64::from(d), Relaxed);
+                        for s in &self.session.stats {
+                            s.mm_margin_ms.store(u64::from(d), Relaxed);
+                        }
                     }
                     if self.rate.on_report(
                         Instant::now(),
@@ -337,7 +354,7 @@ impl Display<'_> {
                     timeout_ms: REPORT_TIMEOUT_MS,
                 });
             }
-            tracing::info!(peer = %conn.peer, "streaming {rect:?} as {codec} ({}) at {} kbit/s", encoder.name(), self.rate.target_kbps());
+            tracing::info!(peer = %conn.peer, display = self.id, "streaming {rect:?} as {codec} ({}) at {} kbit/s", encoder.name(), self.rate.target_kbps());
             self.stats.set_stream(Some(codec), self.rate.target_kbps());
             self.stream = Some(Stream {
                 id,
@@ -360,7 +377,7 @@ impl Display<'_> {
         conn.queue(&ServerMsg::StreamDestroy(st.id));
         self.rate.set_stream_size(0, 0);
         if lossless {
-            if let Some(frame) = self.server.bus.latest() {
+            if let Some(frame) = self.bus.latest() {
                 if let Some(m) = draw_copy(&frame, st.rect, self.lz4) {
                     conn.queue(&m);
                 }

@@ -1,6 +1,8 @@
 //! The SPICE server: a tokio driver of the sans-io `spice-proto` crate.
 //!
-//! One [`SpiceServer`] serves one display (a [`FrameBus`]) to any number of clients. Each
+//! One [`SpiceServer`] serves one display (a [`FrameBus`]) or several
+//! ([`SpiceServer::with_displays`]: one SPICE display channel and one cursor channel per
+//! display, ids 0..N-1, each a monitor of the client) to any number of clients. Each
 //! accepted TCP connection is one SPICE channel and runs as its own task: the link stage
 //! (RSA ticket auth), then the channel's message loop. The main channel owns a *session*;
 //! the display, inputs and cursor channels join it by session id and end with it.
@@ -40,6 +42,42 @@ pub use auth::{Ticketing, MAX_PASSWORD_LEN};
 pub use metrics::{ClientStats, Histogram, Metrics};
 pub use rate::RateLimits;
 pub use stream::{StreamMode, StreamTuning};
+
+/// The most displays one server serves ([`SpiceServer::with_displays`]).
+pub const MAX_DISPLAYS: usize = 16;
+
+/// One display (monitor) the server serves: its frames and, optionally, its pointer.
+#[derive(Clone)]
+pub struct DisplaySource {
+    /// Where the display's frames come from.
+    pub bus: FrameBus,
+    /// The pointer on this display, followed by the cursor channel with the display's id;
+    /// `None`: clients get a default arrow.
+    pub cursor: Option<watch::Receiver<CursorState>>,
+}
+
+impl DisplaySource {
+    /// A display without a pointer feed.
+    pub fn new(bus: FrameBus) -> Self {
+        DisplaySource { bus, cursor: None }
+    }
+
+    /// A display whose cursor channel follows `cursor`.
+    pub fn with_cursor(bus: FrameBus, cursor: watch::Receiver<CursorState>) -> Self {
+        DisplaySource {
+            bus,
+            cursor: Some(cursor),
+        }
+    }
+}
+
+impl std::fmt::Debug for DisplaySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DisplaySource")
+            .field("cursor", &self.cursor.is_some())
+            .finish_non_exhaustive()
+    }
+}
 
 /// Errors of the server and of single connections.
 #[derive(Debug, thiserror::Error)]
@@ -133,13 +171,17 @@ impl Default for ServerConfig {
 pub(crate) struct Session {
     pub id: u32,
     pub cancel: CancellationToken,
-    pub stats: Arc<ClientStats>,
+    /// One per display channel, indexed by display id.
+    pub stats: Vec<Arc<ClientStats>>,
     /// 1 = server (relative), 2 = client (absolute).
     pub mouse_mode: AtomicU16,
     /// This client's multimedia-clock offset D in ms (tuned by its display channel); the
     /// main channel sends MULTI_MEDIA_TIME when `mm_changed` is notified.
     pub mm_margin_ms: AtomicU32,
     pub mm_changed: tokio::sync::Notify,
+    /// The client has one multimedia clock for all its display channels: one tuner, fed by
+    /// the stream reports of every display channel.
+    pub mm: Mutex<rate::MmTuner>,
     /// Notified when `mouse_mode` changes (the cursor channel then re-sends the position).
     pub mouse_mode_changed: tokio::sync::Notify,
 }
@@ -151,12 +193,11 @@ pub(crate) use spice_proto::consts::{MOUSE_MODE_CLIENT, MOUSE_MODE_SERVER};
 /// [`serve`]: SpiceServer::serve
 pub struct SpiceServer {
     pub(crate) cfg: ServerConfig,
-    pub(crate) bus: FrameBus,
+    /// Display `i` is display channel `i` and cursor channel `i`; at least one.
+    pub(crate) displays: Vec<DisplaySource>,
     pub(crate) input: Arc<dyn InputSink>,
     pub(crate) encoders: Arc<dyn EncoderFactory>,
     pub(crate) metrics: Arc<Metrics>,
-    /// The source's pointer; `None`: every client gets the default arrow.
-    pub(crate) cursor: Option<watch::Receiver<CursorState>>,
     pub(crate) keys: Arc<auth::KeyPool>,
     pub(crate) sessions: Mutex<HashMap<u32, Arc<Session>>>,
     pub(crate) shutdown: CancellationToken,
@@ -172,7 +213,7 @@ impl SpiceServer {
         encoders: Arc<dyn EncoderFactory>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        Self::build(cfg, bus, input, encoders, metrics, None)
+        Self::build(cfg, vec![DisplaySource::new(bus)], input, encoders, metrics)
     }
 
     /// Like [`SpiceServer::new`], with the source's pointer: every client's cursor channel
@@ -186,24 +227,52 @@ impl SpiceServer {
         metrics: Arc<Metrics>,
         cursor: watch::Receiver<CursorState>,
     ) -> Arc<Self> {
-        Self::build(cfg, bus, input, encoders, metrics, Some(cursor))
+        Self::build(
+            cfg,
+            vec![DisplaySource::with_cursor(bus, cursor)],
+            input,
+            encoders,
+            metrics,
+        )
+    }
+
+    /// Several displays, each a monitor of the client: display `i` is served on display
+    /// channel `i` (its own surface, streams, encoder and rate control per client) and cursor
+    /// channel `i`, all listed in the main channel's channel list. Pointer positions reach
+    /// `input` with the display id the client sent them for ([`InputEvent::MouseMove`]'s
+    /// `display`). Keyboard and buttons carry no display. At least one display and at most
+    /// [`MAX_DISPLAYS`].
+    ///
+    /// [`InputEvent::MouseMove`]: scanoutd_types::InputEvent::MouseMove
+    pub fn with_displays(
+        cfg: ServerConfig,
+        displays: Vec<DisplaySource>,
+        input: Arc<dyn InputSink>,
+        encoders: Arc<dyn EncoderFactory>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, ServerError> {
+        if displays.is_empty() || displays.len() > MAX_DISPLAYS {
+            return Err(ServerError::Config(format!(
+                "{} displays: between 1 and {MAX_DISPLAYS} are supported",
+                displays.len()
+            )));
+        }
+        Ok(Self::build(cfg, displays, input, encoders, metrics))
     }
 
     fn build(
         cfg: ServerConfig,
-        bus: FrameBus,
+        displays: Vec<DisplaySource>,
         input: Arc<dyn InputSink>,
         encoders: Arc<dyn EncoderFactory>,
         metrics: Arc<Metrics>,
-        cursor: Option<watch::Receiver<CursorState>>,
     ) -> Arc<Self> {
         Arc::new(SpiceServer {
             cfg,
-            bus,
+            displays,
             input,
             encoders,
             metrics,
-            cursor,
             keys: auth::KeyPool::start(4),
             sessions: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
@@ -214,6 +283,11 @@ impl SpiceServer {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// How many displays (display channels) the server serves.
+    pub fn displays(&self) -> usize {
+        self.displays.len()
     }
 
     /// The server's multimedia clock: milliseconds since it started, wrapping at 2^32.

@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::{ticket_matches, TICKET_LEN};
+use crate::rate::MmTuner;
 use crate::{ServerError, Session, SpiceServer, MOUSE_MODE_CLIENT};
 
 /// A channel that completed its link stage.
@@ -149,7 +150,12 @@ pub(crate) async fn accept(
             (None, true)
         }
         ChannelType::Display | ChannelType::Inputs | ChannelType::Cursor => {
-            if mess.channel_id != 0 {
+            // One display and one cursor channel per display; one inputs channel.
+            let count = match channel {
+                ChannelType::Inputs => 1,
+                _ => server.displays.len(),
+            };
+            if usize::from(mess.channel_id) >= count {
                 return Err(refuse(
                     &mut stream,
                     LinkError::ChannelNotAvailable,
@@ -260,16 +266,21 @@ fn new_session(server: &Arc<SpiceServer>) -> Arc<Session> {
     let session = Arc::new(Session {
         id,
         cancel: server.shutdown.child_token(),
-        stats: server.metrics.client_connected(id),
+        stats: server
+            .metrics
+            .client_connected_displays(id, server.displays.len()),
         mouse_mode: AtomicU16::new(MOUSE_MODE_CLIENT),
         mm_margin_ms: AtomicU32::new(server.cfg.mm_time_margin_ms),
         mm_changed: tokio::sync::Notify::new(),
+        mm: std::sync::Mutex::new(MmTuner::new(server.cfg.mm_time_margin_ms)),
         mouse_mode_changed: tokio::sync::Notify::new(),
     });
-    session.stats.mm_margin_ms.store(
-        u64::from(server.cfg.mm_time_margin_ms),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    for s in &session.stats {
+        s.mm_margin_ms.store(
+            u64::from(server.cfg.mm_time_margin_ms),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
     sessions.insert(id, Arc::clone(&session));
     session
 }

@@ -121,7 +121,8 @@ pub struct Metrics {
     auth_failures: AtomicU64,
     protocol_errors: AtomicU64,
     stalled_disconnects: AtomicU64,
-    clients: Mutex<BTreeMap<u32, Arc<ClientStats>>>,
+    /// Per session: the stats of each display channel, indexed by display id.
+    clients: Mutex<BTreeMap<u32, Vec<Arc<ClientStats>>>>,
 }
 
 impl Metrics {
@@ -177,14 +178,29 @@ impl Metrics {
         self.stalled_disconnects.load(Relaxed)
     }
 
-    /// A client (session) connected; its stats live until [`Metrics::client_gone`].
+    /// A client (session) of a one-display server connected; its stats live until
+    /// [`Metrics::client_gone`].
     pub fn client_connected(&self, session: u32) -> Arc<ClientStats> {
+        let mut v = self.client_connected_displays(session, 1);
+        v.pop().unwrap_or_default()
+    }
+
+    /// A client (session) connected to a server with `displays` displays: one set of display
+    /// stats per display (at least one). With more than one, the per-client metrics carry a
+    /// `display` label.
+    pub fn client_connected_displays(
+        &self,
+        session: u32,
+        displays: usize,
+    ) -> Vec<Arc<ClientStats>> {
         self.connected_clients.fetch_add(1, Relaxed);
-        let stats = Arc::new(ClientStats::default());
+        let stats: Vec<Arc<ClientStats>> = (0..displays.max(1))
+            .map(|_| Arc::new(ClientStats::default()))
+            .collect();
         self.clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(session, Arc::clone(&stats));
+            .insert(session, stats.clone());
         stats
     }
 
@@ -196,11 +212,18 @@ impl Metrics {
             .remove(&session);
     }
 
+    /// The display stats of a client (of its display 0 on a server with several).
     pub fn client(&self, session: u32) -> Option<Arc<ClientStats>> {
+        self.client_display(session, 0)
+    }
+
+    /// The stats of one display channel of a client.
+    pub fn client_display(&self, session: u32, display: usize) -> Option<Arc<ClientStats>> {
         self.clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&session)
+            .and_then(|v| v.get(display))
             .cloned()
     }
 
@@ -269,6 +292,22 @@ impl Metrics {
             );
         }
         let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        // (labels, stats) per client and display: `client="ID"`, plus `display="N"` when the
+        // server has more than one display.
+        let series: Vec<(String, &Arc<ClientStats>)> = clients
+            .iter()
+            .flat_map(|(id, displays)| {
+                let multi = displays.len() > 1;
+                displays.iter().enumerate().map(move |(d, s)| {
+                    let labels = if multi {
+                        format!("client=\"{id}\",display=\"{d}\"")
+                    } else {
+                        format!("client=\"{id}\"")
+                    };
+                    (labels, s)
+                })
+            })
+            .collect();
         let per_client: [(&str, &str, StatGetter); 7] = [
             (
                 "scanoutd_client_mm_margin_ms",
@@ -308,16 +347,16 @@ impl Metrics {
         ];
         for (name, help, get) in per_client {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (id, s) in clients.iter() {
-                let _ = writeln!(out, "{name}{{client=\"{id}\"}} {}", get(s));
+            for (labels, s) in &series {
+                let _ = writeln!(out, "{name}{{{labels}}} {}", get(s));
             }
         }
         let _ = writeln!(out, "# HELP scanoutd_client_stream_codec The codec of a client's running stream (1 while it runs).\n# TYPE scanoutd_client_stream_codec gauge");
-        for (id, s) in clients.iter() {
+        for (labels, s) in &series {
             if let Some(c) = s.codec() {
                 let _ = writeln!(
                     out,
-                    "scanoutd_client_stream_codec{{client=\"{id}\",codec=\"{c}\"}} 1"
+                    "scanoutd_client_stream_codec{{{labels},codec=\"{c}\"}} 1"
                 );
             }
         }
@@ -335,8 +374,8 @@ impl Metrics {
         ];
         for (name, help, get) in hists {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            for (id, s) in clients.iter() {
-                get(s).render(out, name, &format!("client=\"{id}\""));
+            for (labels, s) in &series {
+                get(s).render(out, name, labels);
             }
         }
     }

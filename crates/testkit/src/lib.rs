@@ -63,10 +63,22 @@ pub fn default_common_caps() -> Caps {
 }
 
 impl Channel {
-    /// Connect and link one channel. `password` is sent as the ticket ("" for none).
+    /// Connect and link one channel (id 0). `password` is sent as the ticket ("" for none).
     pub async fn link(
         addr: SocketAddr,
         kind: ChannelType,
+        connection_id: u32,
+        password: &str,
+        channel_caps: Caps,
+    ) -> Result<Channel, ClientError> {
+        Self::link_id(addr, kind, 0, connection_id, password, channel_caps).await
+    }
+
+    /// Connect and link channel `channel_id` of type `kind`.
+    pub async fn link_id(
+        addr: SocketAddr,
+        kind: ChannelType,
+        channel_id: u8,
         connection_id: u32,
         password: &str,
         channel_caps: Caps,
@@ -78,7 +90,7 @@ impl Channel {
         let mess = LinkMess {
             connection_id,
             channel_type: kind as u8,
-            channel_id: 0,
+            channel_id,
             common_caps: default_common_caps(),
             channel_caps,
         };
@@ -252,6 +264,55 @@ impl Surface {
     }
 }
 
+/// Apply display messages from `channel` to `surface` until `pred(surface)` holds; errors
+/// after `wait`.
+async fn pump_surface(
+    channel: &mut Channel,
+    surface: &mut Surface,
+    wait: Duration,
+    mut pred: impl FnMut(&Surface) -> bool,
+) -> Result<(), ClientError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if pred(surface) {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ClientError::Timeout("the surface condition".into()));
+        }
+        let m = channel.recv(left).await?;
+        surface.apply(&m)?;
+    }
+}
+
+fn surface_ready(s: &Surface) -> bool {
+    s.width > 0 && s.marked && s.monitors_config
+}
+
+/// One more display channel of a [`TestClient`] (a second monitor) and its surface.
+pub struct DisplayView {
+    pub id: u8,
+    pub channel: Channel,
+    pub surface: Surface,
+}
+
+impl DisplayView {
+    /// Apply display messages until `pred(surface)` holds; errors after `wait`.
+    pub async fn pump_until(
+        &mut self,
+        wait: Duration,
+        pred: impl FnMut(&Surface) -> bool,
+    ) -> Result<(), ClientError> {
+        pump_surface(&mut self.channel, &mut self.surface, wait, pred).await
+    }
+
+    /// Wait for the primary surface to be created, drawn, configured and marked.
+    pub async fn wait_ready(&mut self, wait: Duration) -> Result<(), ClientError> {
+        self.pump_until(wait, surface_ready).await
+    }
+}
+
 /// A whole client: main channel plus display (and optionally inputs) channels.
 pub struct TestClient {
     pub session_id: u32,
@@ -259,6 +320,12 @@ pub struct TestClient {
     pub display: Channel,
     pub inputs: Option<Channel>,
     pub surface: Surface,
+    /// The server's CHANNELS_LIST: (type, id) pairs.
+    pub channels: Vec<(u8, u8)>,
+    /// MAIN_INIT's display_channels_hint.
+    pub display_channels_hint: u32,
+    addr: SocketAddr,
+    password: String,
 }
 
 impl TestClient {
@@ -282,10 +349,14 @@ impl TestClient {
             unreachable!()
         };
         main.send(&ClientMsg::MainAttachChannels).await?;
-        main.recv_until(Duration::from_secs(10), |m| {
-            matches!(m, ServerMsg::ChannelsList(_))
-        })
-        .await?;
+        let list = main
+            .recv_until(Duration::from_secs(10), |m| {
+                matches!(m, ServerMsg::ChannelsList(_))
+            })
+            .await?;
+        let ServerMsg::ChannelsList(channels) = list else {
+            unreachable!()
+        };
         let display = Channel::link(
             addr,
             ChannelType::Display,
@@ -313,6 +384,29 @@ impl TestClient {
             display,
             inputs: Some(inputs),
             surface: Surface::default(),
+            channels,
+            display_channels_hint: init.display_channels_hint,
+            addr,
+            password: password.to_owned(),
+        })
+    }
+
+    /// Link display channel `id` of this session (a further monitor), with the display caps
+    /// spice-gtk sends.
+    pub async fn open_display(&self, id: u8) -> Result<DisplayView, ClientError> {
+        let channel = Channel::link_id(
+            self.addr,
+            ChannelType::Display,
+            id,
+            self.session_id,
+            &self.password,
+            default_display_caps(),
+        )
+        .await?;
+        Ok(DisplayView {
+            id,
+            channel,
+            surface: Surface::default(),
         })
     }
 
@@ -320,26 +414,14 @@ impl TestClient {
     pub async fn pump_until(
         &mut self,
         wait: Duration,
-        mut pred: impl FnMut(&Surface) -> bool,
+        pred: impl FnMut(&Surface) -> bool,
     ) -> Result<(), ClientError> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if pred(&self.surface) {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ClientError::Timeout("the surface condition".into()));
-            }
-            let m = self.display.recv(left).await?;
-            self.surface.apply(&m)?;
-        }
+        pump_surface(&mut self.display, &mut self.surface, wait, pred).await
     }
 
     /// Wait for the primary surface to be created, drawn, configured and marked.
     pub async fn wait_ready(&mut self, wait: Duration) -> Result<(), ClientError> {
-        self.pump_until(wait, |s| s.width > 0 && s.marked && s.monitors_config)
-            .await
+        self.pump_until(wait, surface_ready).await
     }
 
     /// Send an input-channel message.

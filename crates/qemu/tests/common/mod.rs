@@ -315,11 +315,23 @@ pub async fn compare_with_screendump(
     qmp: &mut Qmp,
     bus: &FrameBus,
 ) -> (Option<usize>, u32, u32, u32, u32) {
-    let shot = dir.join("shot.ppm");
+    compare_device_with_screendump(dir, qmp, bus, None).await
+}
+
+/// [`compare_with_screendump`] for the console of the display device with QOM id `device`
+/// (head 0); `None`: QEMU's first console.
+pub async fn compare_device_with_screendump(
+    dir: &Path,
+    qmp: &mut Qmp,
+    bus: &FrameBus,
+    device: Option<&str>,
+) -> (Option<usize>, u32, u32, u32, u32) {
+    let shot = dir.join(format!("shot-{}.ppm", device.unwrap_or("0")));
+    let device = device.map_or(String::new(), |d| format!(r#","device":"{d}""#));
     let mut result = None;
     for attempt in 0..5 {
         qmp.execute(&format!(
-            r#"{{"execute":"screendump","arguments":{{"filename":"{}"}}}}"#,
+            r#"{{"execute":"screendump","arguments":{{"filename":"{}"{device}}}}}"#,
             shot.display()
         ));
         // screendump refreshes the console first; let any update it caused arrive.

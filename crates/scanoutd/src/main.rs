@@ -64,6 +64,15 @@ struct RenderArgs {
     out: PathBuf,
 }
 
+fn parse_bpp(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=24.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?}: expected a number of bits per pixel from 0 to 24"
+        )),
+    }
+}
+
 /// Where the picture comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SourceSpec {
@@ -263,6 +272,12 @@ struct ServeArgs {
     /// Highest video bitrate per client, kbit/s.
     #[arg(long, default_value_t = 20000, value_name = "KBPS")]
     max_bitrate: u32,
+    /// Quality ceiling of a video stream, bits per pixel per frame: a stream never gets more
+    /// bitrate than its size times the frame rate times this (MJPEG six times more), however
+    /// fast the link; beyond it only bandwidth and CPU grow. 0 turns the ceiling off.
+    #[arg(long, default_value_t = spice_server::DEFAULT_STREAM_MAX_BITS_PER_PIXEL, value_name = "BPP",
+          value_parser = parse_bpp)]
+    max_bits_per_pixel: f64,
     /// How long after capture a client shows a frame, ms (SPICE's multimedia-time margin):
     /// small keeps latency low; it must cover encode plus network time.
     #[arg(long, default_value_t = 20, value_name = "MS")]
@@ -444,6 +459,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             max_kbps: args.max_bitrate,
         },
         source_fps: args.fps,
+        stream_max_bits_per_pixel: args.max_bits_per_pixel,
         mm_time_margin_ms: args.mm_time_margin,
         ..ServerConfig::default()
     };

@@ -309,12 +309,24 @@ impl Display<'_> {
     /// when none works for this client.
     async fn start_stream(&mut self, conn: &mut Conn, rect: Rect) {
         for codec in self.candidates() {
+            // The stream's size sets its quality ceiling (and how far the frame rate may be
+            // lowered to keep frames readable) before the encoder gets its bitrate.
+            let factor = if codec == Codec::Mjpeg {
+                crate::MJPEG_BPP_FACTOR
+            } else {
+                1.0
+            };
+            self.rate.set_stream(
+                rect.w,
+                rect.h,
+                self.server.cfg.stream_max_bits_per_pixel * factor,
+            );
             let factory = Arc::clone(&self.server.encoders);
             let (w, h, fps, kbps) = (
                 rect.w,
                 rect.h,
                 self.server.cfg.source_fps,
-                self.rate.target_kbps(),
+                self.rate.encoder_kbps(),
             );
             let made =
                 tokio::task::spawn_blocking(move || factory.create(codec, w, h, fps, kbps)).await;
@@ -367,6 +379,7 @@ impl Display<'_> {
             return;
         }
         tracing::info!(peer = %conn.peer, "no video codec works for this client; sending drawables only");
+        self.rate.set_stream_size(0, 0);
         self.policy.disable();
     }
 

@@ -51,6 +51,8 @@ const CUT_INTERVAL: Duration = Duration::from_millis(300);
 const BUCKET: Duration = Duration::from_millis(250);
 const WINDOW: Duration = Duration::from_secs(1);
 const CEILING_MEMORY: Duration = Duration::from_secs(5);
+/// The quality ceiling never assumes fewer frames per second than this.
+const MIN_CEILING_FPS: f64 = 10.0;
 
 pub struct RateControl {
     limits: RateLimits,
@@ -71,6 +73,11 @@ pub struct RateControl {
     /// What the link carried when it was last found full, kbit/s: probing above it is gentle,
     /// and it is forgotten after [`CEILING_MEMORY`] without congestion.
     ceiling_kbps: Option<u32>,
+    /// The current stream's quality ceiling in bits per pixel per frame (0: none).
+    max_bpp: f64,
+    /// When each stream frame of the last [`WINDOW`] was sent: the frame rate the source
+    /// really delivers (a QEMU 2D console refreshes at ~33 Hz whatever `source_fps` says).
+    video_sent: VecDeque<Instant>,
 }
 
 impl RateControl {
@@ -89,6 +96,8 @@ impl RateControl {
             cuts: 0,
             sent: VecDeque::new(),
             ceiling_kbps: None,
+            max_bpp: 0.0,
+            video_sent: VecDeque::new(),
         }
     }
 
@@ -101,9 +110,50 @@ impl RateControl {
         self.cuts
     }
 
-    /// A stream of `width` x `height` started (or ended, with 0 x 0).
+    /// A stream of `width` x `height` started (or ended, with 0 x 0), without a quality
+    /// ceiling.
     pub fn set_stream_size(&mut self, width: u32, height: u32) {
+        self.set_stream(width, height, 0.0);
+    }
+
+    /// A stream of `width` x `height` started whose bitrate need not exceed `max_bpp` bits per
+    /// pixel per frame at the source frame rate (0: no ceiling beyond the limits). The target
+    /// drops to the ceiling at once and is never raised above it.
+    pub fn set_stream(&mut self, width: u32, height: u32, max_bpp: f64) {
         self.pixels = u64::from(width) * u64::from(height);
+        self.video_sent.clear();
+        self.max_bpp = if max_bpp.is_finite() {
+            max_bpp.max(0.0)
+        } else {
+            0.0
+        };
+        let cap = self.quality_max_kbps();
+        if self.target_kbps > cap {
+            self.target_kbps = cap;
+            self.tokens = self.tokens.min(self.bucket_depth());
+        }
+    }
+
+    /// Stream frames sent over the last second, once a second of them was seen (at least
+    /// [`MIN_CEILING_FPS`]); the source frame rate before that.
+    fn delivered_fps(&self) -> f64 {
+        match (self.video_sent.front(), self.video_sent.back()) {
+            (Some(a), Some(b)) if b.duration_since(*a) >= WINDOW * 9 / 10 => {
+                (self.video_sent.len() as f64 / WINDOW.as_secs_f64())
+                    .clamp(MIN_CEILING_FPS, self.source_fps)
+            }
+            _ => self.source_fps,
+        }
+    }
+
+    /// The highest target this stream is worth: the limits' maximum, or less by the quality
+    /// ceiling (never below the minimum).
+    pub fn quality_max_kbps(&self) -> u32 {
+        if self.pixels == 0 || self.max_bpp <= 0.0 {
+            return self.limits.max_kbps;
+        }
+        let kbps = self.pixels as f64 * self.delivered_fps() * self.max_bpp / 1000.0;
+        (kbps.min(f64::from(u32::MAX)) as u32).clamp(self.limits.min_kbps, self.limits.max_kbps)
     }
 
     /// The frame rate the target allows while keeping every frame readable.
@@ -205,6 +255,14 @@ impl RateControl {
         // redraw (megabytes of drawables) must not hold back video for seconds.
         self.tokens = (self.tokens - bytes as f64 * 8.0).max(-self.bucket_depth());
         if video.is_some() {
+            self.video_sent.push_back(now);
+            while self
+                .video_sent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > WINDOW)
+            {
+                self.video_sent.pop_front();
+            }
             // At the full source rate the source's own cadence paces frames; a gate measured
             // from here (after encoding and writing) would drift against it and skip frames.
             let fps = self.frame_rate();
@@ -250,6 +308,12 @@ impl RateControl {
 
     /// Called regularly. Returns true when the target changed.
     pub fn on_tick(&mut self, now: Instant) -> bool {
+        // The quality ceiling follows the frame rate the source really delivers.
+        let cap = self.quality_max_kbps();
+        if self.target_kbps > cap {
+            self.target_kbps = cap;
+            return true;
+        }
         let quiet = match self.last_cut {
             Some(t) => now.duration_since(t) >= Duration::from_secs(2),
             None => true,
@@ -266,7 +330,7 @@ impl RateControl {
         if quiet
             && used
             && now.duration_since(self.last_raise) >= Duration::from_secs(1)
-            && self.target_kbps < self.limits.max_kbps
+            && self.target_kbps < self.quality_max_kbps()
         {
             // Fast up to 90 % of the capacity last measured, gently beyond it.
             let near_ceiling = self
@@ -277,7 +341,7 @@ impl RateControl {
             } else {
                 self.target_kbps / 10
             };
-            self.target_kbps = (self.target_kbps + step + 1).min(self.limits.max_kbps);
+            self.target_kbps = (self.target_kbps + step + 1).min(self.quality_max_kbps());
             self.last_raise = now;
             return true;
         }
@@ -288,6 +352,47 @@ impl RateControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_is_never_given_more_than_its_quality_ceiling() {
+        let t0 = Instant::now();
+        let mut rc = RateControl::new(RateLimits::default(), 30, t0);
+        assert_eq!(rc.target_kbps(), 8000);
+        // 608x608 at 30 fps and 0.25 bit/pixel: 2772 kbit/s.
+        rc.set_stream(608, 608, 0.25);
+        assert_eq!(rc.quality_max_kbps(), 2772);
+        assert_eq!(rc.target_kbps(), 2772);
+        // A link with room to spare: the budget is used, yet the target stays at the ceiling.
+        let mut t = t0;
+        for _ in 0..300 {
+            t += P;
+            rc.on_sent(t, 11_000, Some(11_000), Duration::ZERO, P);
+            rc.on_tick(t);
+        }
+        assert_eq!(rc.target_kbps(), 2772);
+        // A source announced at 60 fps that delivers 30 (a QEMU 2D console): the ceiling
+        // follows what arrives once a second of frames was seen.
+        let mut rc60 = RateControl::new(RateLimits::default(), 60, t);
+        rc60.set_stream(608, 608, 0.25);
+        assert_eq!(rc60.target_kbps(), 5544);
+        for _ in 0..40 {
+            t += P;
+            rc60.on_sent(t, 11_000, Some(11_000), Duration::ZERO, P);
+            rc60.on_tick(t);
+        }
+        assert!(
+            (2700..=2900).contains(&rc60.target_kbps()),
+            "{}",
+            rc60.target_kbps()
+        );
+        // A tiny stream is still allowed the minimum; without a stream the limits apply.
+        rc.set_stream(16, 16, 0.25);
+        assert_eq!(rc.quality_max_kbps(), RateLimits::default().min_kbps);
+        rc.set_stream(0, 0, 0.25);
+        assert_eq!(rc.quality_max_kbps(), RateLimits::default().max_kbps);
+        rc.set_stream(608, 608, 0.0);
+        assert_eq!(rc.quality_max_kbps(), RateLimits::default().max_kbps);
+    }
 
     const P: Duration = Duration::from_millis(33);
 

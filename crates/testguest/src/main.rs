@@ -49,7 +49,134 @@ fn usage() -> &'static str {
      On the host, to get the exact picture of one frame (what tests compare clients with):\n\
        scanoutd-testguest --render-frame N [--size WxH] [--typed TEXT] --out FILE.ppm\n\
      and where the video window is (prints X Y W H):\n\
-       scanoutd-testguest --video-rect [--size WxH]\n"
+       scanoutd-testguest --video-rect [--size WxH]\n\
+     and which guest frame near N a picture's video window is closest to (PSNR, prints JSON):\n\
+       scanoutd-testguest --match PICTURE.ppm --frame N [--before 45] [--after 5]\n"
+}
+
+/// A binary PPM (P6, maxval 255) as (width, height, RGB bytes).
+fn parse_ppm(data: &[u8]) -> Result<(u32, u32, &[u8]), String> {
+    let mut fields = Vec::new();
+    let mut i = 0;
+    while fields.len() < 4 {
+        while i < data.len() && (data[i].is_ascii_whitespace() || data[i] == b'#') {
+            if data[i] == b'#' {
+                while i < data.len() && data[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            i += 1;
+        }
+        let start = i;
+        while i < data.len() && !data[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if start == i {
+            return Err("truncated PPM header".into());
+        }
+        fields.push(std::str::from_utf8(&data[start..i]).map_err(|_| "bad PPM header")?);
+    }
+    let num = |s: &str| {
+        s.parse::<u32>()
+            .map_err(|_| format!("bad PPM number {s:?}"))
+    };
+    if fields[0] != "P6" || num(fields[3])? != 255 {
+        return Err("not a binary PPM with maxval 255".into());
+    }
+    let (w, h) = (num(fields[1])?, num(fields[2])?);
+    let body = data.get(i + 1..).ok_or("truncated PPM")?;
+    let need = w as usize * h as usize * 3;
+    if body.len() < need {
+        return Err(format!("PPM holds {} of {need} bytes", body.len()));
+    }
+    Ok((w, h, &body[..need]))
+}
+
+/// PSNR (dB) of `rect` of an RGB picture against the same rectangle of a BGRx frame.
+fn psnr_rect(rgb: &[u8], frame: &Frame, r: Rect) -> f64 {
+    let mut sse = 0u64;
+    for y in r.y..r.y + r.h {
+        let a = &rgb[(y as usize * frame.width as usize + r.x as usize) * 3..];
+        let b = &frame.data[y as usize * frame.stride + r.x as usize * 4..];
+        for x in 0..r.w as usize {
+            for c in 0..3 {
+                let d = i64::from(a[x * 3 + c]) - i64::from(b[x * 4 + 2 - c]);
+                sse += (d * d) as u64;
+            }
+        }
+    }
+    if sse == 0 {
+        return f64::INFINITY;
+    }
+    let mse = sse as f64 / (u64::from(r.w) * u64::from(r.h) * 3) as f64;
+    10.0 * (255.0 * 255.0 / mse).log10()
+}
+
+/// The frame in `named - before ..= named + after` whose video window is closest to the
+/// picture's: (PSNR against `named`, best frame, its PSNR).
+fn best_match(
+    rgb: &[u8],
+    w: u32,
+    h: u32,
+    named: u32,
+    before: u32,
+    after: u32,
+) -> Result<(f64, u32, f64), String> {
+    let scene = GuestScene::new(w, h).ok_or_else(|| format!("size {w}x{h} is not a guest size"))?;
+    let video = scene.video_rect();
+    let typed = Typed::default();
+    let mut named_psnr = 0.0;
+    let mut best = (named, f64::NEG_INFINITY);
+    for n in named.saturating_sub(before)..=named.saturating_add(after) {
+        let f = scanoutd_demo::guest::render_guest_frame(w, h, n, &typed).ok_or("render failed")?;
+        let p = psnr_rect(rgb, &f, video);
+        if n == named {
+            named_psnr = p;
+        }
+        if p > best.1 {
+            best = (n, p);
+        }
+    }
+    Ok((named_psnr, best.0, best.1))
+}
+
+fn match_frame(args: &[String]) -> Result<(), String> {
+    let (mut pic, mut named, mut before, mut after) = (None, None, 45u32, 5u32);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value"))
+        };
+        let mut num = |what: &str| -> Result<u32, String> {
+            val()?.parse().map_err(|_| format!("{what}: not a number"))
+        };
+        match a.as_str() {
+            "--match" => pic = Some(PathBuf::from(val()?)),
+            "--frame" => named = Some(num("--frame")?),
+            "--before" => before = num("--before")?.min(1000),
+            "--after" => after = num("--after")?.min(1000),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let (pic, named) = pic.zip(named).ok_or("--match needs --frame")?;
+    let data = std::fs::read(&pic).map_err(|e| format!("{}: {e}", pic.display()))?;
+    let (w, h, rgb) = parse_ppm(&data)?;
+    let (p_named, best, p_best) = best_match(rgb, w, h, named, before, after)?;
+    let j = |p: f64| {
+        if p.is_finite() {
+            format!("{p:.2}")
+        } else {
+            "99".into()
+        }
+    };
+    println!(
+        "{{\"named\": {named}, \"psnr_named\": {}, \"best\": {best}, \"psnr_best\": {}}}",
+        j(p_named),
+        j(p_best)
+    );
+    Ok(())
 }
 
 /// `--render-frame`: write the scene of one frame as a binary PPM.
@@ -372,6 +499,13 @@ fn run(o: &Options) -> Result<(), String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--match") {
+        if let Err(e) = match_frame(&args) {
+            eprintln!("scanoutd-testguest: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     if args
         .iter()
         .any(|a| a == "--render-frame" || a == "--video-rect")
@@ -415,6 +549,23 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_closest_frame_is_found_and_scored() {
+        let (w, h) = (800, 600);
+        let f = scanoutd_demo::guest::render_guest_frame(w, h, 100, &Typed::default()).unwrap();
+        let mut ppm = format!("P6\n# test\n{w} {h}\n255\n").into_bytes();
+        for p in f.data.chunks_exact(4) {
+            ppm.extend_from_slice(&[p[2], p[1], p[0]]);
+        }
+        let (pw, ph, rgb) = parse_ppm(&ppm).unwrap();
+        assert_eq!((pw, ph), (w, h));
+        let (named, best, p) = best_match(rgb, w, h, 110, 20, 2).unwrap();
+        assert_eq!(best, 100);
+        assert!(p.is_infinite() && named < 25.0, "{named} {p}");
+        assert!(parse_ppm(b"P6\n2 2\n255\n\x00").is_err());
+        assert!(parse_ppm(b"P5\n1 1\n255\n\x00").is_err());
+    }
 
     #[test]
     fn fps_from_the_kernel_command_line() {

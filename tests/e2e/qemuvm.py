@@ -213,6 +213,16 @@ def guest_video_rect(size=GUEST_SIZE):
     return tuple(int(v) for v in out.split())
 
 
+def match_guest(ppm_path, frame_no, before=45, after=5):
+    """PSNR of a picture's video window against guest frame `frame_no` and against the closest
+    guest frame in frame_no-before .. frame_no+after: {named, psnr_named, best, psnr_best}
+    (99 dB stands for identical)."""
+    out = subprocess.run([TESTGUEST_BIN, "--match", ppm_path, "--frame", str(frame_no),
+                          "--before", str(before), "--after", str(after)],
+                         check=True, timeout=60, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
 def crop_rgb(rgb, width, rect):
     """The RGB bytes of `rect` (x, y, w, h) of a picture `width` pixels wide."""
     x, y, w, h = rect

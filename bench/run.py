@@ -89,13 +89,18 @@ def slug(name):
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
+# Extra `scanoutd serve` arguments for every case (--server-args).
+EXTRA_ARGS = []
+
+
 def run_case(binary, log_dir, name, scene, size, fps, codec, seconds, clients=1,
              wait_stream=0.0, warmup=1.0):
     """One server, `clients` client processes at once. Returns a result dict."""
     case = dict(name=name, scene=scene, size=size, fps=fps, codec=codec, seconds=seconds,
                 clients=clients)
     srv = sc.ScanoutdServer(binary=binary, scene=scene, size=size, fps=fps, log_dir=log_dir,
-                            name=f"bench-{slug(name)}", extra_args=["--codec", codec])
+                            name=f"bench-{slug(name)}",
+                            extra_args=["--codec", codec] + EXTRA_ARGS)
     srv.start(ready_timeout=30)
     sampler = None
     procs = []
@@ -267,8 +272,11 @@ def main():
     ap.add_argument("--fps", type=int, default=60, help="2d suite")
     ap.add_argument("--scenes", default="motion,still", help="2d suite")
     ap.add_argument("--codecs", default="vp8,vp9,mjpeg,h265,h264", help="codecs suite")
+    ap.add_argument("--server-args", default="",
+                    help="extra `scanoutd serve` arguments for every case (space separated)")
     ap.add_argument("--out", help="results JSON (default $E2E_ARTIFACTS/bench/results.json)")
     a = ap.parse_args()
+    EXTRA_ARGS[:] = a.server_args.split()
 
     binary = os.environ.get("SCANOUTD_BIN") or os.path.join(sc.REPO_ROOT, "target", "release",
                                                             "scanoutd")

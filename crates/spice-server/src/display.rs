@@ -90,6 +90,9 @@ struct Display<'a> {
     failed: Vec<Codec>,
     rate: RateControl,
     frame_period: Duration,
+    /// The bus's publish count and when it was read: the rate the source really produces
+    /// (independent of what this client takes) sets the stream's quality ceiling.
+    published_at: (u64, Instant),
 }
 
 pub(crate) async fn run(
@@ -126,6 +129,7 @@ pub(crate) async fn run(
         failed: Vec::new(),
         rate: RateControl::new(server.cfg.rate, server.cfg.source_fps, now),
         frame_period: Duration::from_secs_f64(1.0 / f64::from(server.cfg.source_fps.max(1))),
+        published_at: (source.bus.published(), now),
     };
     let sub = source.bus.subscribe();
     let mut tick = tokio::time::interval(TICK);
@@ -242,6 +246,14 @@ impl Display<'_> {
 
     async fn on_tick(&mut self, conn: &mut Conn) -> Result<(), ServerError> {
         let now = Instant::now();
+        let (count, since) = self.published_at;
+        let dt = now.duration_since(since);
+        if dt >= Duration::from_secs(1) {
+            let published = self.bus.published();
+            let fps = published.saturating_sub(count) as f64 / dt.as_secs_f64();
+            self.rate.set_source_rate(fps);
+            self.published_at = (published, now);
+        }
         if self.rate.on_tick(now) {
             self.apply_bitrate(conn);
         }

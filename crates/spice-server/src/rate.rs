@@ -51,6 +51,8 @@ const CUT_INTERVAL: Duration = Duration::from_millis(300);
 const BUCKET: Duration = Duration::from_millis(250);
 const WINDOW: Duration = Duration::from_secs(1);
 const CEILING_MEMORY: Duration = Duration::from_secs(5);
+/// How far the send budget may run above the quality ceiling (see `pace_kbps`).
+const PACE_HEADROOM: f64 = 1.5;
 /// The quality ceiling never assumes fewer frames per second than this.
 const MIN_CEILING_FPS: f64 = 10.0;
 
@@ -75,9 +77,11 @@ pub struct RateControl {
     ceiling_kbps: Option<u32>,
     /// The current stream's quality ceiling in bits per pixel per frame (0: none).
     max_bpp: f64,
-    /// When each stream frame of the last [`WINDOW`] was sent: the frame rate the source
-    /// really delivers (a QEMU 2D console refreshes at ~33 Hz whatever `source_fps` says).
-    video_sent: VecDeque<Instant>,
+    /// The effective target when [`Self::on_tick`] last looked, to report ceiling moves.
+    last_effective: u32,
+    /// The frame rate the source was last measured to publish at (a QEMU 2D console
+    /// refreshes at ~33 Hz whatever `source_fps` says); `None` before a measurement.
+    source_rate: Option<f64>,
 }
 
 impl RateControl {
@@ -97,13 +101,14 @@ impl RateControl {
             sent: VecDeque::new(),
             ceiling_kbps: None,
             max_bpp: 0.0,
-            video_sent: VecDeque::new(),
+            source_rate: None,
+            last_effective: start,
         }
     }
 
     /// What the link may carry for this client, kbit/s.
     pub fn target_kbps(&self) -> u32 {
-        self.target_kbps
+        self.effective_kbps()
     }
 
     pub fn cuts(&self) -> u64 {
@@ -121,29 +126,41 @@ impl RateControl {
     /// drops to the ceiling at once and is never raised above it.
     pub fn set_stream(&mut self, width: u32, height: u32, max_bpp: f64) {
         self.pixels = u64::from(width) * u64::from(height);
-        self.video_sent.clear();
         self.max_bpp = if max_bpp.is_finite() {
             max_bpp.max(0.0)
         } else {
             0.0
         };
-        let cap = self.quality_max_kbps();
-        if self.target_kbps > cap {
-            self.target_kbps = cap;
-            self.tokens = self.tokens.min(self.bucket_depth());
+        self.tokens = self.tokens.min(self.bucket_depth());
+    }
+
+    /// What the encoder is asked for: the link estimate, capped by the quality ceiling.
+    fn effective_kbps(&self) -> u32 {
+        self.target_kbps.min(self.quality_max_kbps())
+    }
+
+    /// What the send budget allows: the link estimate, capped [`PACE_HEADROOM`] above the
+    /// quality ceiling, so an encoder overshooting its rate (they do, on busy frames) is not
+    /// throttled into dropping frames on a link with room.
+    fn pace_kbps(&self) -> u32 {
+        let cap = f64::from(self.quality_max_kbps()) * PACE_HEADROOM;
+        self.target_kbps.min(cap.min(f64::from(u32::MAX)) as u32)
+    }
+
+    /// The frames per second the source publishes, measured by the caller (not what this
+    /// client takes: that depends on the target, and a ceiling following it would spiral).
+    pub fn set_source_rate(&mut self, fps: f64) {
+        if fps.is_finite() {
+            self.source_rate = Some(fps);
         }
     }
 
-    /// Stream frames sent over the last second, once a second of them was seen (at least
-    /// [`MIN_CEILING_FPS`]); the source frame rate before that.
+    /// The source's measured frame rate within [`MIN_CEILING_FPS`]..=`source_fps`, or
+    /// `source_fps` before a measurement.
     fn delivered_fps(&self) -> f64 {
-        match (self.video_sent.front(), self.video_sent.back()) {
-            (Some(a), Some(b)) if b.duration_since(*a) >= WINDOW * 9 / 10 => {
-                (self.video_sent.len() as f64 / WINDOW.as_secs_f64())
-                    .clamp(MIN_CEILING_FPS, self.source_fps)
-            }
-            _ => self.source_fps,
-        }
+        self.source_rate.map_or(self.source_fps, |f| {
+            f.clamp(MIN_CEILING_FPS, self.source_fps)
+        })
     }
 
     /// The highest target this stream is worth: the limits' maximum, or less by the quality
@@ -162,24 +179,25 @@ impl RateControl {
             return self.source_fps;
         }
         let min_bits = MIN_BITS_PER_PIXEL * self.pixels as f64;
-        (f64::from(self.target_kbps) * 1000.0 / min_bits).clamp(MIN_FPS, self.source_fps)
+        (f64::from(self.effective_kbps()) * 1000.0 / min_bits).clamp(MIN_FPS, self.source_fps)
     }
 
     /// The bitrate to configure the encoder with: the encoder spreads it over the source
     /// frame rate, so when fewer frames are taken each must get proportionally more.
     pub fn encoder_kbps(&self) -> u32 {
         let scale = self.source_fps / self.frame_rate();
-        ((f64::from(self.target_kbps) * scale) as u32).min(self.limits.max_kbps.saturating_mul(8))
+        ((f64::from(self.effective_kbps()) * scale) as u32)
+            .min(self.limits.max_kbps.saturating_mul(8))
     }
 
     fn bucket_depth(&self) -> f64 {
-        f64::from(self.target_kbps) * 1000.0 * BUCKET.as_secs_f64()
+        f64::from(self.pace_kbps()) * 1000.0 * BUCKET.as_secs_f64()
     }
 
     fn refill(&mut self, now: Instant) {
         let dt = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.tokens =
-            (self.tokens + f64::from(self.target_kbps) * 1000.0 * dt).min(self.bucket_depth());
+            (self.tokens + f64::from(self.pace_kbps()) * 1000.0 * dt).min(self.bucket_depth());
         self.refilled = now;
     }
 
@@ -192,7 +210,7 @@ impl RateControl {
     /// the (possibly reduced) frame interval allows.
     pub fn next_send(&self) -> Instant {
         let debt = if self.tokens < 0.0 {
-            Duration::from_secs_f64(-self.tokens / (f64::from(self.target_kbps.max(1)) * 1000.0))
+            Duration::from_secs_f64(-self.tokens / (f64::from(self.pace_kbps().max(1)) * 1000.0))
         } else {
             Duration::ZERO
         };
@@ -223,7 +241,7 @@ impl RateControl {
             return false;
         }
         let new = kbps.clamp(self.limits.min_kbps, self.limits.max_kbps);
-        if new >= self.target_kbps {
+        if new >= self.effective_kbps() {
             return false;
         }
         self.target_kbps = new;
@@ -255,14 +273,6 @@ impl RateControl {
         // redraw (megabytes of drawables) must not hold back video for seconds.
         self.tokens = (self.tokens - bytes as f64 * 8.0).max(-self.bucket_depth());
         if video.is_some() {
-            self.video_sent.push_back(now);
-            while self
-                .video_sent
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > WINDOW)
-            {
-                self.video_sent.pop_front();
-            }
             // At the full source rate the source's own cadence paces frames; a gate measured
             // from here (after encoding and writing) would drift against it and skip frames.
             let fps = self.frame_rate();
@@ -277,7 +287,7 @@ impl RateControl {
         if write_time > frame_period / 4 && bytes > 0 {
             // While writes block, what went out recently is what the link carries.
             let carried = self.window_rate(now, CUT_INTERVAL).unwrap_or(0.0) / 1000.0;
-            let t = f64::from(self.target_kbps);
+            let t = f64::from(self.pace_kbps());
             let kbps = (carried * 0.85).clamp(t * 0.5, t * 0.85);
             let cut = self.cut_to(now, kbps as u32);
             if cut {
@@ -301,7 +311,7 @@ impl RateControl {
         let late =
             num_frames > 0 && num_drops.saturating_mul(2) > num_frames && last_frame_delay_ms < -50;
         if late {
-            return self.cut_to(now, self.target_kbps.saturating_mul(3) / 4);
+            return self.cut_to(now, self.effective_kbps().saturating_mul(3) / 4);
         }
         false
     }
@@ -309,18 +319,16 @@ impl RateControl {
     /// Called regularly. Returns true when the target changed.
     pub fn on_tick(&mut self, now: Instant) -> bool {
         // The quality ceiling follows the frame rate the source really delivers.
-        let cap = self.quality_max_kbps();
-        if self.target_kbps > cap {
-            self.target_kbps = cap;
-            return true;
-        }
+        let effective = self.effective_kbps();
+        let ceiling_moved = effective != self.last_effective;
+        self.last_effective = effective;
         let quiet = match self.last_cut {
             Some(t) => now.duration_since(t) >= Duration::from_secs(2),
             None => true,
         };
         // Only probe upwards while the stream really uses most of its budget.
         let used = self.window_rate(now, WINDOW).unwrap_or(0.0) / 1000.0
-            >= 0.7 * f64::from(self.target_kbps);
+            >= 0.7 * f64::from(self.pace_kbps());
         if self
             .last_cut
             .is_some_and(|c| now.duration_since(c) >= CEILING_MEMORY)
@@ -330,7 +338,7 @@ impl RateControl {
         if quiet
             && used
             && now.duration_since(self.last_raise) >= Duration::from_secs(1)
-            && self.target_kbps < self.quality_max_kbps()
+            && f64::from(self.target_kbps) < f64::from(self.quality_max_kbps()) * PACE_HEADROOM
         {
             // Fast up to 90 % of the capacity last measured, gently beyond it.
             let near_ceiling = self
@@ -341,11 +349,12 @@ impl RateControl {
             } else {
                 self.target_kbps / 10
             };
-            self.target_kbps = (self.target_kbps + step + 1).min(self.quality_max_kbps());
+            self.target_kbps = (self.target_kbps + step + 1).min(self.limits.max_kbps);
             self.last_raise = now;
+            self.last_effective = self.effective_kbps();
             return true;
         }
-        false
+        ceiling_moved
     }
 }
 
@@ -370,21 +379,20 @@ mod tests {
             rc.on_tick(t);
         }
         assert_eq!(rc.target_kbps(), 2772);
-        // A source announced at 60 fps that delivers 30 (a QEMU 2D console): the ceiling
-        // follows what arrives once a second of frames was seen.
+        // A source announced at 60 fps that publishes 30 (a QEMU 2D console): the ceiling
+        // follows the measured rate, and does not follow what the client takes.
         let mut rc60 = RateControl::new(RateLimits::default(), 60, t);
         rc60.set_stream(608, 608, 0.25);
         assert_eq!(rc60.target_kbps(), 5544);
+        rc60.set_source_rate(30.0);
+        assert!(rc60.on_tick(t));
+        assert_eq!(rc60.target_kbps(), 2772);
         for _ in 0..40 {
-            t += P;
+            t += P * 4; // a slow client takes every fourth frame
             rc60.on_sent(t, 11_000, Some(11_000), Duration::ZERO, P);
             rc60.on_tick(t);
         }
-        assert!(
-            (2700..=2900).contains(&rc60.target_kbps()),
-            "{}",
-            rc60.target_kbps()
-        );
+        assert_eq!(rc60.quality_max_kbps(), 2772);
         // A tiny stream is still allowed the minimum; without a stream the limits apply.
         rc.set_stream(16, 16, 0.25);
         assert_eq!(rc.quality_max_kbps(), RateLimits::default().min_kbps);

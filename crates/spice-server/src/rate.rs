@@ -51,8 +51,6 @@ const CUT_INTERVAL: Duration = Duration::from_millis(300);
 const BUCKET: Duration = Duration::from_millis(250);
 const WINDOW: Duration = Duration::from_secs(1);
 const CEILING_MEMORY: Duration = Duration::from_secs(5);
-/// How far the send budget may run above the quality ceiling (see `pace_kbps`).
-const PACE_HEADROOM: f64 = 1.5;
 /// The quality ceiling never assumes fewer frames per second than this.
 const MIN_CEILING_FPS: f64 = 10.0;
 
@@ -139,12 +137,11 @@ impl RateControl {
         self.target_kbps.min(self.quality_max_kbps())
     }
 
-    /// What the send budget allows: the link estimate, capped [`PACE_HEADROOM`] above the
-    /// quality ceiling, so an encoder overshooting its rate (they do, on busy frames) is not
-    /// throttled into dropping frames on a link with room.
+    /// What the send budget allows: the link estimate. Not the quality ceiling: drawables
+    /// outside the stream share the budget, and an encoder overshoots its rate on busy
+    /// frames; neither must cost frames on a link with room.
     fn pace_kbps(&self) -> u32 {
-        let cap = f64::from(self.quality_max_kbps()) * PACE_HEADROOM;
-        self.target_kbps.min(cap.min(f64::from(u32::MAX)) as u32)
+        self.target_kbps
     }
 
     /// The frames per second the source publishes, measured by the caller (not what this
@@ -338,7 +335,7 @@ impl RateControl {
         if quiet
             && used
             && now.duration_since(self.last_raise) >= Duration::from_secs(1)
-            && f64::from(self.target_kbps) < f64::from(self.quality_max_kbps()) * PACE_HEADROOM
+            && self.target_kbps < self.limits.max_kbps
         {
             // Fast up to 90 % of the capacity last measured, gently beyond it.
             let near_ceiling = self

@@ -711,20 +711,8 @@ impl GlState {
                 height,
             });
         }
+        check_destination(dst.len(), dst_stride, rect.w, rect.h)?;
         let row = rect.w as usize * 4;
-        let need = (rect.h as usize - 1)
-            .checked_mul(dst_stride)
-            .and_then(|n| n.checked_add(row));
-        match need {
-            Some(need) if dst_stride >= row && dst.len() >= need => {}
-            _ => {
-                return Err(GpuError::BadDestination {
-                    need: need.unwrap_or(usize::MAX),
-                    have: dst.len(),
-                    stride: dst_stride,
-                })
-            }
-        }
         self.session.make_current()?;
         if self.reader.is_none() {
             self.reader = Some(Reader::new(&self.gl)?);
@@ -1239,4 +1227,26 @@ fn repack(src: &[u8], width: u32, height: u32, stride: usize, to_rgba: bool) -> 
         }
     }
     out
+}
+
+/// Whether `len` bytes with rows `stride` apart hold `rows` rows of `width` BGRx pixels (the
+/// last row need only hold its pixels).
+pub(crate) fn check_destination(
+    len: usize,
+    stride: usize,
+    width: u32,
+    rows: u32,
+) -> Result<(), GpuError> {
+    let row = width as usize * 4;
+    let need = (rows.max(1) as usize - 1)
+        .checked_mul(stride)
+        .and_then(|n| n.checked_add(row));
+    match need {
+        Some(need) if stride >= row && len >= need => Ok(()),
+        _ => Err(GpuError::BadDestination {
+            need: need.unwrap_or(usize::MAX),
+            have: len,
+            stride,
+        }),
+    }
 }

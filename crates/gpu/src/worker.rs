@@ -363,20 +363,7 @@ fn read_into<B: Backend>(
             (0, stride)
         }
         Target::Surface { stride } => {
-            let row = buf.width as usize * 4;
-            let need = (buf.height as usize - 1)
-                .checked_mul(stride)
-                .and_then(|n| n.checked_add(row));
-            match need {
-                Some(need) if stride >= row && dst.len() >= need => {}
-                _ => {
-                    return Err(GpuError::BadDestination {
-                        need: need.unwrap_or(usize::MAX),
-                        have: dst.len(),
-                        stride,
-                    })
-                }
-            }
+            crate::gpu::check_destination(dst.len(), stride, buf.width, buf.height)?;
             (r.y as usize * stride + r.x as usize * 4, stride)
         }
     };

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use scanoutd_types::{Dmabuf, DmabufPlane, Fourcc, Rect};
 
-use crate::listener::Publisher;
+use crate::listener::{warn_sparsely, Publisher};
 use crate::pixels::PixelFormat;
 
 /// The optional listener interface for multi-plane / offset scanouts (QEMU ≥ 10.1).
@@ -218,19 +218,18 @@ impl DmabufSink {
     }
 
     pub(crate) fn invalid(&self, what: &str, msg: String) -> zbus::fdo::Error {
-        let n = self.counters.failed.fetch_add(1, Ordering::Relaxed) + 1;
-        if n <= 10 || n.is_power_of_two() {
-            tracing::warn!(error = %msg, "QEMU {what} ignored");
-        }
+        warn_sparsely(
+            &self.counters.failed,
+            format_args!("QEMU {what} ignored: {msg}"),
+        );
         zbus::fdo::Error::InvalidArgs(msg)
     }
 
     fn failed(&self, msg: &str) {
-        let n = self.counters.failed.fetch_add(1, Ordering::Relaxed) + 1;
-        // At frame rate a broken GPU path would flood the log: the first ones, then sparsely.
-        if n <= 5 || n.is_power_of_two() {
-            tracing::warn!(failures = n, "GL scanout frame dropped: {msg}");
-        }
+        warn_sparsely(
+            &self.counters.failed,
+            format_args!("GL scanout frame dropped: {msg}"),
+        );
     }
 
     /// Read `damage` (buffer rows, inside `visible`) and put it into the shadow surface at its

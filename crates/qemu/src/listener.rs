@@ -372,6 +372,18 @@ fn copy_whole(surface: &Surface, frame: &mut Frame) {
     }
 }
 
+/// Count one refused message or dropped frame in `counter` and log it: at warn level the
+/// first ten and then at powers of two, at debug level the rest (a broken peer or GPU path may
+/// produce them at frame rate).
+pub(crate) fn warn_sparsely(counter: &AtomicU64, msg: std::fmt::Arguments<'_>) {
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    if n <= 10 || n.is_power_of_two() {
+        tracing::warn!(count = n, "{msg}");
+    } else {
+        tracing::debug!(count = n, "{msg}");
+    }
+}
+
 /// The object QEMU calls at `/org/qemu/Display1/Listener`.
 pub(crate) struct Listener {
     pub(crate) publisher: Arc<Publisher>,
@@ -386,25 +398,17 @@ pub(crate) struct Listener {
 
 impl Listener {
     fn frame_error(&self, what: &str, e: &FrameError) -> zbus::fdo::Error {
-        let n = self
-            .publisher
-            .counters
-            .frame_errors
-            .fetch_add(1, Ordering::Relaxed)
-            + 1;
-        // A broken peer could send these at frame rate: warn for the first ones, then sparsely.
-        if n <= 10 || n.is_power_of_two() {
-            tracing::warn!(error = %e, errors = n, "QEMU {what} ignored");
-        } else {
-            tracing::debug!(error = %e, errors = n, "QEMU {what} ignored");
-        }
+        warn_sparsely(
+            &self.publisher.counters.frame_errors,
+            format_args!("QEMU {what} ignored: {e}"),
+        );
         zbus::fdo::Error::InvalidArgs(e.to_string())
     }
 }
 
 /// Methods are handled in arrival order (`spawn = false`): an Update must land after the
-/// Scanout before it. Every handler returns at once; QEMU waits for none of these replies
-/// except `UpdateDMABUF`, answered immediately.
+/// Scanout before it. Every handler returns at once, except `UpdateDMABUF`, the one reply QEMU
+/// waits for: it comes once the frame is in the ring (see `dmabuf.rs`).
 #[zbus::interface(name = "org.qemu.Display1.Listener", spawn = false)]
 impl Listener {
     fn scanout(

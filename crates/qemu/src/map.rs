@@ -168,17 +168,10 @@ pub(crate) struct MapListener {
 
 impl MapListener {
     fn refuse(&self, what: &str, e: &MapError) -> zbus::fdo::Error {
-        let n = self
-            .publisher
-            .counters
-            .frame_errors
-            .fetch_add(1, Ordering::Relaxed)
-            + 1;
-        if n <= 10 || n.is_power_of_two() {
-            tracing::warn!(error = %e, errors = n, "QEMU {what} refused");
-        } else {
-            tracing::debug!(error = %e, errors = n, "QEMU {what} refused");
-        }
+        crate::listener::warn_sparsely(
+            &self.publisher.counters.frame_errors,
+            format_args!("QEMU {what} refused: {e}"),
+        );
         match e {
             MapError::Io(_) => zbus::fdo::Error::Failed(e.to_string()),
             _ => zbus::fdo::Error::InvalidArgs(e.to_string()),

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 
 import pytest
 
@@ -85,6 +86,14 @@ def artifacts(request):
         shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d, exist_ok=True)
     return d
+
+
+@pytest.fixture
+def workdir():
+    """A private scratch folder (sockets, logs, screendumps), removed afterwards."""
+    d = tempfile.mkdtemp(prefix="sod-e2e-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -85,11 +85,11 @@ class QemuVM:
 
     kill() ends it (only this process, by its PID)."""
 
-    def __init__(self, workdir, tag, args, serial=True):
+    def __init__(self, workdir, tag, args, serial=True, vga="std"):
         self.qmp_path = os.path.join(workdir, f"qmp-{tag}.sock")
         self.log_path = os.path.join(workdir, f"qemu-{tag}.log")
         self.serial_path = os.path.join(workdir, f"serial-{tag}.log")
-        argv = [QEMU, "-nodefaults", "-machine", "pc", "-accel", "tcg", "-vga", "std",
+        argv = [QEMU, "-nodefaults", "-machine", "pc", "-accel", "tcg", "-vga", vga,
                 "-name", f"scanoutd-{tag}",
                 "-qmp", f"unix:{self.qmp_path},server=on,wait=off", "-D", self.log_path]
         if serial:

@@ -17,13 +17,11 @@ Checked with spice-gtk 0.42's SpiceCursorChannel signals:
 """
 
 import ctypes
-import os
-import subprocess
 
 import pytest
 
 import spiceclient as sc
-from test_qemu import DBUS_DAEMON, QEMU, Qemu, dbus_bus, workdir  # noqa: F401 (fixtures)
+from test_qemu import DBUS_DAEMON, QEMU, Qemu, dbus_bus  # noqa: F401 (fixture)
 
 # Rage 128 registers (QEMU hw/display/ati_regs.h), reached through the I/O BAR.
 MM_INDEX, MM_DATA = 0x00, 0x04
@@ -80,15 +78,7 @@ class AtiQemu(Qemu):
     """QEMU with an ati-vga as its only display device, SeaBIOS on it."""
 
     def __init__(self, workdir, bus, tag):  # noqa: F811 (the fixture name, shadowed here)
-        self.qmp_path = os.path.join(workdir, f"qmp-{tag}.sock")
-        self.log_path = os.path.join(workdir, f"qemu-{tag}.log")
-        argv = [QEMU, "-display", f"dbus,addr={bus}", "-machine", "pc", "-m", "64",
-                "-nodefaults", "-vga", "none", "-device", "ati-vga,id=vga", "-accel", "tcg",
-                "-name", f"scanoutd-e2e-{tag}",
-                "-qmp", f"unix:{self.qmp_path},server=on,wait=off", "-D", self.log_path]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
-        self.sock = None
+        super().__init__(workdir, bus, tag, vga="none", extra=["-device", "ati-vga,id=vga"])
         self.io = None
 
     def hmp(self, line):

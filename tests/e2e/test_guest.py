@@ -7,11 +7,9 @@ client's picture is compared with exactly what the guest drew.
 """
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -24,13 +22,6 @@ import spiceclient as sc
 # lower when QEMU captured the guest's framebuffer halfway through a frame (the guest has no
 # page flipping), which is why the median is asserted. A wrong frame scores about 11 dB.
 MIN_PSNR = 30
-
-
-@pytest.fixture
-def workdir():
-    d = tempfile.mkdtemp(prefix="sod-guest-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -16,8 +16,6 @@ initialized the display" placeholder). scanoutd serves them as SPICE display cha
 """
 
 import os
-import shutil
-import tempfile
 import time
 
 import pytest
@@ -27,13 +25,6 @@ import spiceclient as sc
 
 SEABIOS_SIZE = (720, 400)      # console 0: SeaBIOS's text mode
 PLACEHOLDER_SIZE = (640, 480)  # console 1: QEMU's "not initialized" placeholder
-
-
-@pytest.fixture
-def workdir():
-    d = tempfile.mkdtemp(prefix="sod-mh-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def two_console_args(display):

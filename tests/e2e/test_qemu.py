@@ -6,41 +6,16 @@ SeaBIOS stops at its "No bootable device" text screen, which is compared pixel f
 QEMU's own QMP `screendump`.
 """
 
-import json
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 
 import pytest
 
+import qemuvm
 import spiceclient as sc
 
-QEMU = shutil.which("qemu-system-x86_64")
-DBUS_DAEMON = shutil.which("dbus-daemon")
-
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={path}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
-
-
-@pytest.fixture
-def workdir():
-    d = tempfile.mkdtemp(prefix="sod-qemu-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+QEMU = qemuvm.QEMU
+DBUS_DAEMON = qemuvm.DBUS_DAEMON
 
 
 @pytest.fixture
@@ -48,85 +23,21 @@ def dbus_bus(workdir):
     """A private D-Bus bus; yields its address."""
     if not (QEMU and DBUS_DAEMON):
         pytest.skip("qemu-system-x86_64 or dbus-daemon is not installed (scripts/install-deps)")
-    path = os.path.join(workdir, "bus")
-    conf = os.path.join(workdir, "bus.conf")
-    with open(conf, "w") as f:
-        f.write(BUS_CONFIG.format(path=path))
-    proc = subprocess.Popen([DBUS_DAEMON, f"--config-file={conf}", "--nofork", "--print-address"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    bus = qemuvm.DbusBus(workdir)
     try:
-        deadline = time.monotonic() + 10
-        while not os.path.exists(path) and time.monotonic() < deadline:
-            assert proc.poll() is None, "dbus-daemon exited"
-            time.sleep(0.02)
-        assert os.path.exists(path), "dbus-daemon did not create its socket"
-        yield f"unix:path={path}"
+        yield bus.address
     finally:
-        sc.stop_process(proc)
+        bus.stop()
 
 
-class Qemu:
-    """qemu-system-x86_64 showing SeaBIOS on the D-Bus display, with a QMP socket."""
+class Qemu(qemuvm.QemuVM):
+    """qemu-system-x86_64 showing SeaBIOS (no disk) on the D-Bus display at `bus`, with its
+    keyboard calls traced (`dbus_kbd_*`) into log()."""
 
-    def __init__(self, workdir, bus, tag):
-        self.qmp_path = os.path.join(workdir, f"qmp-{tag}.sock")
-        self.log_path = os.path.join(workdir, f"qemu-{tag}.log")
-        argv = [QEMU, "-display", f"dbus,addr={bus}", "-machine", "pc", "-m", "64",
-                "-nodefaults", "-vga", "std", "-accel", "tcg", "-name", f"scanoutd-e2e-{tag}",
-                "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-                "-trace", "dbus_kbd_*", "-D", self.log_path]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
-        self.sock = None
-
-    def qmp(self, command, **arguments):
-        """Run one QMP command; returns its "return" value."""
-        if self.sock is None:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    s = socket.socket(socket.AF_UNIX)
-                    s.settimeout(10)
-                    s.connect(self.qmp_path)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-            self.sock, self.rfile = s, s.makefile("r")
-            json.loads(self.rfile.readline())  # greeting
-            self.qmp("qmp_capabilities")
-        msg = {"execute": command}
-        if arguments:
-            msg["arguments"] = arguments
-        self.sock.sendall((json.dumps(msg) + "\n").encode())
-        while True:
-            line = self.rfile.readline()
-            assert line, "QMP closed"
-            reply = json.loads(line)
-            if "return" in reply:
-                return reply["return"]
-            if "error" in reply:
-                raise RuntimeError(f"QMP {command}: {reply['error']}")
-
-    def screendump(self, path):
-        self.qmp("screendump", filename=path)
-        return sc.parse_ppm(open(path, "rb").read())
-
-    def log(self):
-        try:
-            return open(self.log_path).read()
-        except OSError:
-            return ""
-
-    def kill(self):
-        if self.sock:
-            self.sock.close()
-            self.sock = None
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+    def __init__(self, workdir, bus, tag, vga="std", extra=()):
+        super().__init__(workdir, f"e2e-{tag}",
+                         ["-m", "64", "-display", f"dbus,addr={bus}", "-trace", "dbus_kbd_*",
+                          *extra], serial=False, vga=vga)
 
 
 def wait_exact(c, qemu, workdir, timeout=20.0):

@@ -9,42 +9,25 @@ the same QMP socket must be picked up again.
 """
 
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 
 import pytest
 
+import qemuvm
 import spiceclient as sc
-from test_qemu import Qemu, wait_exact
-
-QEMU = shutil.which("qemu-system-x86_64")
+from test_qemu import QEMU, wait_exact
 
 
-@pytest.fixture
-def workdir():
-    d = tempfile.mkdtemp(prefix="sod-qmp-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+class P2pQemu(qemuvm.QemuVM):
+    """qemu-system-x86_64 showing SeaBIOS on the p2p D-Bus display: `display.sock` (the same
+    path for every QEMU of a test) for scanoutd, its own QMP socket for the test."""
 
-
-class P2pQemu(Qemu):
-    """qemu-system-x86_64 on the p2p D-Bus display: `display.sock` for scanoutd, `qmp.sock` for
-    the test (`qmp`, `screendump`, `kill` come from test_qemu.Qemu)."""
-
-    def __init__(self, workdir, tag):  # noqa: super().__init__ would start a bus-mode QEMU
+    def __init__(self, workdir, tag):
         self.display_path = os.path.join(workdir, "display.sock")
-        self.qmp_path = os.path.join(workdir, "qmp.sock")
-        self.log_path = os.path.join(workdir, f"qemu-{tag}.log")
-        argv = [QEMU, "-display", "dbus,p2p=yes", "-machine", "pc", "-m", "64",
-                "-nodefaults", "-vga", "std", "-accel", "tcg", "-name", f"scanoutd-e2e-{tag}",
-                "-qmp", f"unix:{self.display_path},server=on,wait=off",
-                "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-                "-trace", "dbus_kbd_*", "-D", self.log_path]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
-        self.sock = None
+        super().__init__(workdir, f"p2p-{tag}",
+                         ["-m", "64", "-display", "dbus,p2p=yes",
+                          "-qmp", f"unix:{self.display_path},server=on,wait=off",
+                          "-trace", "dbus_kbd_*"], serial=False)
 
 
 @pytest.mark.timeout_s(90)

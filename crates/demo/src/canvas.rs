@@ -185,6 +185,43 @@ impl<'a> Canvas<'a> {
             }
         }
     }
+
+    /// A disc of diameter `d` with its bounding box at (`x`, `y`); `color` gives each row's
+    /// colour (row 0 at the top).
+    pub(crate) fn disc(&mut self, x: i64, y: i64, d: i64, color: impl Fn(i64) -> u32) {
+        for row in 0..d {
+            // Pixel centres (2c+1-d)/2 inside the circle of radius d/2, in half-pixel units.
+            let dy = 2 * row + 1 - d;
+            let Some(c0) = (0..d / 2).find(|col| {
+                let dx = 2 * col + 1 - d;
+                dx * dx + dy * dy <= d * d
+            }) else {
+                continue;
+            };
+            self.fill(x + c0, y + row, d - 2 * c0, 1, color(row));
+        }
+    }
+
+    /// A dark outlined box over `r` with one line of yellow double-size text, vertically
+    /// centred; text that does not fit loses its end, or its start with `keep_tail`.
+    pub(crate) fn text_box(&mut self, r: Rect, text: &str, keep_tail: bool) {
+        let (x, y, w, h) = (
+            i64::from(r.x),
+            i64::from(r.y),
+            i64::from(r.w),
+            i64::from(r.h),
+        );
+        self.fill(x, y, w, h, 0x10_1418);
+        self.outline(x, y, w, h, 0x5A_6470);
+        let max_chars = ((w - 16) / 12).max(0) as usize;
+        let skip = if keep_tail {
+            text.chars().count().saturating_sub(max_chars)
+        } else {
+            0
+        };
+        let shown: String = text.chars().skip(skip).take(max_chars).collect();
+        self.text(x + 8, y + (h - 14) / 2, &shown, 2, 0xFF_D84A);
+    }
 }
 
 /// Pixel width of `text` at `scale` (without trailing spacing).

@@ -205,15 +205,7 @@ impl GuestLayout {
         let t = u64::from(n) * 1000 / u64::from(GUEST_FPS);
         let bx = bounce(t + 900, 260, v.x, (v.x + v.w).saturating_sub(DISC as u32));
         let by = bounce(t + 300, 190, v.y, (v.y + v.h).saturating_sub(DISC as u32));
-        for row in 0..DISC {
-            let dy = 2 * row + 1 - DISC;
-            if let Some(c0) = (0..DISC / 2).find(|col| {
-                let dx = 2 * col + 1 - DISC;
-                dx * dx + dy * dy <= DISC * DISC
-            }) {
-                c.fill(bx + c0, by + row, DISC - 2 * c0, 1, 0xFF_F0A0);
-            }
-        }
+        c.disc(bx, by, DISC, |_| 0xFF_F0A0);
         if v.w >= STRIP_CELLS * STRIP_CELL && v.h >= 4 * STRIP_CELL {
             strip::draw_cells_at(c, v.x, v.y, &strip::timestamp_cells(u64::from(n)));
         }
@@ -229,20 +221,8 @@ impl GuestLayout {
     }
 
     fn paint_typed(&self, c: &mut Canvas<'_>, typed: &Typed) {
-        let r = self.typed;
-        let (x, y, w, h) = (
-            i64::from(r.x),
-            i64::from(r.y),
-            i64::from(r.w),
-            i64::from(r.h),
-        );
-        c.fill(x, y, w, h, 0x10_1418);
-        c.outline(x, y, w, h, 0x5A_6470);
         let text = format!("TYPED ({}): {}_", typed.count, typed.text);
-        let max_chars = ((w - 16) / 12).max(0) as usize;
-        let skip = text.chars().count().saturating_sub(max_chars);
-        let text: String = text.chars().skip(skip).collect();
-        c.text(x + 8, y + (h - 14) / 2, &text, 2, 0xFF_D84A);
+        c.text_box(self.typed, &text, true);
     }
 }
 

@@ -418,15 +418,6 @@ impl Layout {
     }
 
     fn paint_status(&self, c: &mut Canvas<'_>, input: &InputState) {
-        let r = self.status;
-        let (x, y, w, h) = (
-            i64::from(r.x),
-            i64::from(r.y),
-            i64::from(r.w),
-            i64::from(r.h),
-        );
-        c.fill(x, y, w, h, 0x10_1418);
-        c.outline(x, y, w, h, 0x5A_6470);
         let key = if input.last_key == 0 {
             "--".to_owned()
         } else {
@@ -434,9 +425,7 @@ impl Layout {
         };
         let btn = if input.buttons != 0 { "DOWN" } else { "UP" };
         let text = format!("KEY {key}  PTR {},{}  BTN {btn}", input.x, input.y);
-        let max_chars = ((w - 16) / 12).max(0) as usize;
-        let text: String = text.chars().take(max_chars).collect();
-        c.text(x + 8, y + 7, &text, 2, 0xFF_D84A);
+        c.text_box(self.status, &text, false);
     }
 
     fn paint_video(&self, c: &mut Canvas<'_>, t_ms: u64) {
@@ -464,18 +453,12 @@ impl Layout {
     fn paint_ball(&self, c: &mut Canvas<'_>, t_ms: u64) {
         let (bx, by) = self.ball_pos(t_ms);
         let d = i64::from(BALL_SIZE);
-        for row in 0..d {
-            // Pixel centres (2c+1-d)/2 inside the circle of radius d/2, in half-pixel units.
-            let dy = 2 * row + 1 - d;
-            let Some(c0) = (0..d / 2).find(|col| {
-                let dx = 2 * col + 1 - d;
-                dx * dx + dy * dy <= d * d
-            }) else {
-                continue;
-            };
-            let color = if row < d / 3 { 0xFF_B060 } else { 0xF0_7818 };
-            c.fill(bx + c0, by + row, d - 2 * c0, 1, color);
-        }
+        c.disc(
+            bx,
+            by,
+            d,
+            |row| if row < d / 3 { 0xFF_B060 } else { 0xF0_7818 },
+        );
     }
 }
 

@@ -267,15 +267,17 @@ impl Publisher {
     }
 
     fn publish_locked(self: &Arc<Self>, st: &mut PublishState) {
-        if !self.try_publish(st) {
+        if !self.try_publish(st, false) {
             self.schedule_retry(st);
         }
     }
 
     /// Write what is pending into a ring slot. `false` when it must be tried again later: the
     /// ring was full, or the surface just grew and its size is not confirmed yet (the pending
-    /// damage is kept either way).
-    fn try_publish(&self, st: &mut PublishState) -> bool {
+    /// damage is kept either way). A full ring counts as a dropped frame once per message
+    /// from QEMU (its update is merged into a later frame); `retry` (the timer's attempts at
+    /// the same pending frame) does not count again.
+    fn try_publish(&self, st: &mut PublishState, retry: bool) -> bool {
         let (w, h) = st.size();
         if w == 0 || h == 0 || (st.pending.is_empty() && !st.full) {
             return true;
@@ -292,7 +294,7 @@ impl Publisher {
         let capture_ms = st.capture_ms;
         let surface = &st.surface;
         let pending = &st.pending;
-        let outcome = self.bus.try_write(w, h, |frame: &mut Frame| {
+        let render = |frame: &mut Frame| {
             frame.capture_ms = capture_ms;
             frame.seq = seq;
             if whole {
@@ -310,7 +312,12 @@ impl Publisher {
                 }
                 pending.clone()
             }
-        });
+        };
+        let outcome = if retry {
+            self.bus.retry_write(w, h, render)
+        } else {
+            self.bus.try_write(w, h, render)
+        };
         match outcome {
             WriteOutcome::Published | WriteOutcome::Unchanged => {
                 st.pending.clear();
@@ -345,7 +352,7 @@ impl Publisher {
                     return;
                 };
                 let mut st = lock(&this.state);
-                if this.try_publish(&mut st) {
+                if this.try_publish(&mut st, true) {
                     st.retry_scheduled = false;
                     return;
                 }
@@ -653,7 +660,11 @@ mod tests {
         p.update(1, 0, 1, 1, 4, XRGB, &[0x30, 0x30, 0x30, 0])
             .unwrap();
         assert_eq!(bus.latest().unwrap().pixel(1, 0), 0x101010);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // One update could not be published: one dropped frame, however often the timer
+        // retries it meanwhile (every 4 ms: at least 10 times in 50 ms).
+        assert_eq!(bus.stats().dropped_ring_full, 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(bus.stats().dropped_ring_full, 1, "retries counted as drops");
         drop(f);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while bus.latest().unwrap().pixel(1, 0) != 0x303030 {
@@ -663,6 +674,7 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        assert_eq!(bus.stats().dropped_ring_full, 1);
     }
 
     #[test]

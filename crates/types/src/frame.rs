@@ -16,7 +16,10 @@ pub fn unix_ms() -> u64 {
 }
 
 /// One complete picture of a display, BGRx, rows top to bottom.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// `clone_from` reuses the destination's pixel buffer (no allocation when it is large
+/// enough), which is what the frame ring relies on to recycle its slots.
+#[derive(PartialEq, Eq)]
 pub struct Frame {
     pub width: u32,
     pub height: u32,
@@ -27,6 +30,30 @@ pub struct Frame {
     pub capture_ms: u64,
     /// Sequence number from the source, increasing by one per produced frame.
     pub seq: u64,
+}
+
+impl Clone for Frame {
+    fn clone(&self) -> Self {
+        Frame {
+            width: self.width,
+            height: self.height,
+            stride: self.stride,
+            data: self.data.clone(),
+            capture_ms: self.capture_ms,
+            seq: self.seq,
+        }
+    }
+
+    /// Copy `source` into `self`, keeping `self`'s buffer when it has the capacity (a derived
+    /// `clone_from` would allocate a whole new frame).
+    fn clone_from(&mut self, source: &Self) {
+        self.width = source.width;
+        self.height = source.height;
+        self.stride = source.stride;
+        self.data.clone_from(&source.data);
+        self.capture_ms = source.capture_ms;
+        self.seq = source.seq;
+    }
 }
 
 impl std::fmt::Debug for Frame {

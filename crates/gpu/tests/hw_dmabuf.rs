@@ -13,7 +13,7 @@ use scanoutd_gpu::{Gpu, GpuOptions, GpuWorker, ReadRequest, Target, WorkerConfig
 use scanoutd_types::{Dmabuf, DmabufPlane, Rect, DRM_FORMAT_MOD_INVALID, DRM_FORMAT_MOD_LINEAR};
 
 fn skip(why: &str) {
-    eprintln!("hw_dmabuf skipped: {why}");
+    scanoutd_testkit::require::skip("hw", why);
 }
 
 fn render_nodes() -> Vec<PathBuf> {

@@ -362,7 +362,9 @@ pub async fn list_consoles(
     Ok(found?.into_iter().map(|(info, _)| info).collect())
 }
 
-/// One console of a [`QemuDisplay`]: its listener feeds its own [`FrameBus`].
+/// One console of a [`QemuDisplay`]: its listener feeds its own [`FrameBus`]. A clone shares
+/// the console's counters (for a metrics exporter that outlives the borrow of the display).
+#[derive(Clone)]
 pub struct QemuHead {
     bus: FrameBus,
     console_id: u32,

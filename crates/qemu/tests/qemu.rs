@@ -20,7 +20,7 @@ const DBUS_DAEMON: &str = "dbus-daemon";
 macro_rules! require_tools {
     () => {
         if let Some(reason) = missing(&[QEMU, DBUS_DAEMON]) {
-            eprintln!("SKIPPED: {reason}");
+            scanoutd_testkit::require::skip("qemu", &reason);
             return;
         }
     };

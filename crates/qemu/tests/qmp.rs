@@ -20,7 +20,7 @@ use scanoutd_types::{InputEvent, MouseButton};
 macro_rules! require_qemu {
     () => {
         if let Some(reason) = missing(&[QEMU]) {
-            eprintln!("SKIPPED: {reason}");
+            scanoutd_testkit::require::skip("qemu", &reason);
             return;
         }
     };
@@ -485,7 +485,7 @@ async fn qmp_errors_are_reported() {
 
     // A real QEMU without the D-Bus display: QEMU's own error text comes back.
     if let Some(reason) = missing(&[QEMU]) {
-        eprintln!("SKIPPED (rest): {reason}");
+        scanoutd_testkit::require::skip("qemu", &format!("the rest of this test: {reason}"));
         return;
     }
     let _serial = VM_LOCK.lock().await;

@@ -24,6 +24,13 @@ pub enum GpuMode {
 /// [`DmabufReader`] on a [`GpuWorker`].
 pub struct GpuReader(GpuWorker);
 
+impl GpuReader {
+    /// The worker's counters (exported on `/metrics`).
+    pub fn stats(&self) -> scanoutd_gpu::WorkerStats {
+        self.0.stats()
+    }
+}
+
 impl std::fmt::Debug for GpuReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("GpuReader")
@@ -60,10 +67,7 @@ impl DmabufReader for GpuReader {
 
 /// Bring the GPU path up (on a blocking thread: EGL initialisation takes a moment), or say
 /// clearly why there is none.
-pub async fn start(
-    mode: GpuMode,
-    render_node: Option<PathBuf>,
-) -> Result<Option<Arc<dyn DmabufReader>>> {
+pub async fn start(mode: GpuMode, render_node: Option<PathBuf>) -> Result<Option<Arc<GpuReader>>> {
     if mode == GpuMode::Off {
         tracing::info!("GPU path off (--gpu off): GL scanouts (gl=on) will be refused");
         return Ok(None);
@@ -118,7 +122,10 @@ mod tests {
     #[tokio::test]
     async fn modes_without_a_hardware_gpu() {
         if std::path::Path::new("/dev/dri").exists() {
-            eprintln!("skipped: this machine has /dev/dri; the hardware path is in hwtests");
+            scanoutd_testkit::require::skip(
+                "no-gpu",
+                "this machine has /dev/dri; the hardware path is in hwtests",
+            );
             return;
         }
         assert!(start(GpuMode::Off, None).await.unwrap().is_none());
@@ -134,7 +141,7 @@ mod tests {
         let worker = match GpuWorker::spawn(WorkerConfig::default()) {
             Ok(w) => w,
             Err(e) => {
-                eprintln!("skipped: no EGL at all here: {e}");
+                scanoutd_testkit::require::skip("egl", &format!("no EGL at all here: {e}"));
                 return;
             }
         };

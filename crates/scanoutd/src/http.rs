@@ -2,25 +2,32 @@
 //! `/snapshot.ppm` (the source's current frame; `/snapshot.ppm?display=N` for display N when
 //! there are several). One request per connection, bounded in size and time.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use scanoutd_ring::FrameBus;
-use spice_server::Metrics;
+use spice_server::{write_family, MetricKind, Metrics};
+
+use crate::source_metrics::MetricsSource;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const MAX_REQUEST: usize = 8 * 1024;
 
-/// Serve until the task is aborted. `source_start_unix_ms` is exported so a frame can be
-/// re-rendered from its timestamp strip.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    buses: Vec<FrameBus>,
-    source_start_unix_ms: u64,
-) {
+/// What the endpoint serves.
+#[derive(Clone)]
+pub struct Pages {
+    pub metrics: Arc<Metrics>,
+    /// One bus per display.
+    pub buses: Vec<FrameBus>,
+    /// Exported so a demo frame can be re-rendered from its timestamp strip.
+    pub source_start_unix_ms: u64,
+    /// The source's own metrics (QEMU connection, GPU worker).
+    pub sources: Vec<Arc<dyn MetricsSource>>,
+}
+
+/// Serve until the task is aborted.
+pub async fn serve(listener: TcpListener, pages: Pages) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -30,14 +37,9 @@ pub async fn serve(
                 continue;
             }
         };
-        let metrics = Arc::clone(&metrics);
-        let buses = buses.clone();
+        let pages = pages.clone();
         tokio::spawn(async move {
-            let r = tokio::time::timeout(
-                Duration::from_secs(10),
-                handle(stream, &metrics, &buses, source_start_unix_ms),
-            )
-            .await;
+            let r = tokio::time::timeout(Duration::from_secs(10), handle(stream, &pages)).await;
             match r {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(%peer, "metrics request: {e}"),
@@ -47,12 +49,58 @@ pub async fn serve(
     }
 }
 
-async fn handle(
-    mut stream: TcpStream,
-    metrics: &Metrics,
-    buses: &[FrameBus],
-    start_ms: u64,
-) -> std::io::Result<()> {
+/// The `/metrics` page: the ring's and the source's families, then the SPICE server's.
+pub fn metrics_page(pages: &Pages) -> String {
+    let buses = &pages.buses;
+    // `display="N"` labels only when there are several displays.
+    let label = |i: usize| {
+        if buses.len() > 1 {
+            format!("display=\"{i}\"")
+        } else {
+            String::new()
+        }
+    };
+    let mut body = String::with_capacity(8192);
+    write_family(
+        &mut body,
+        "scanoutd_frames_produced_total",
+        MetricKind::Counter,
+        "Frames the source published.",
+        buses
+            .iter()
+            .enumerate()
+            .map(|(i, bus)| (label(i), bus.stats().published)),
+    );
+    write_family(
+        &mut body,
+        "scanoutd_frames_dropped_total",
+        MetricKind::Counter,
+        "Source frames not published, by reason (ring_full: every ring slot was held by a reader; the frame's changes went out with a later one).",
+        buses.iter().enumerate().map(|(i, bus)| {
+            let l = label(i);
+            let sep = if l.is_empty() { "" } else { "," };
+            (
+                format!("reason=\"ring_full\"{sep}{l}"),
+                bus.stats().dropped_ring_full,
+            )
+        }),
+    );
+    write_family(
+        &mut body,
+        "scanoutd_source_start_unix_ms",
+        MetricKind::Gauge,
+        "When the source's animation clock was 0 (Unix ms).",
+        [("", pages.source_start_unix_ms)],
+    );
+    for s in &pages.sources {
+        s.render(&mut body);
+    }
+    pages.metrics.render(&mut body);
+    body
+}
+
+async fn handle(mut stream: TcpStream, pages: &Pages) -> std::io::Result<()> {
+    let buses = &pages.buses;
     let mut req = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !req.windows(4).any(|w| w == b"\r\n\r\n") && !req.windows(2).any(|w| w == b"\n\n") {
@@ -85,45 +133,9 @@ async fn handle(
         .await;
     }
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
-    // `display="N"` labels only when there are several displays.
-    let label = |i: usize, sep: &str| {
-        if buses.len() > 1 {
-            format!("{sep}display=\"{i}\"")
-        } else {
-            String::new()
-        }
-    };
     match path {
         "/metrics" => {
-            let mut body = String::with_capacity(4096);
-            let _ = writeln!(
-                body,
-                "# HELP scanoutd_frames_produced_total Frames the source published."
-            );
-            let _ = writeln!(body, "# TYPE scanoutd_frames_produced_total counter");
-            for (i, bus) in buses.iter().enumerate() {
-                let l = label(i, "");
-                let l = if l.is_empty() { l } else { format!("{{{l}}}") };
-                let _ = writeln!(
-                    body,
-                    "scanoutd_frames_produced_total{l} {}",
-                    bus.stats().published
-                );
-            }
-            let _ = writeln!(body, "# HELP scanoutd_frames_dropped_total Source frames not published, by reason (ring_full: every ring slot was held by a reader).");
-            let _ = writeln!(body, "# TYPE scanoutd_frames_dropped_total counter");
-            for (i, bus) in buses.iter().enumerate() {
-                let _ = writeln!(
-                    body,
-                    "scanoutd_frames_dropped_total{{reason=\"ring_full\"{}}} {}",
-                    label(i, ","),
-                    bus.stats().dropped_ring_full
-                );
-            }
-            let _ = writeln!(body, "# HELP scanoutd_source_start_unix_ms When the source's animation clock was 0 (Unix ms).");
-            let _ = writeln!(body, "# TYPE scanoutd_source_start_unix_ms gauge");
-            let _ = writeln!(body, "scanoutd_source_start_unix_ms {start_ms}");
-            metrics.render(&mut body);
+            let body = metrics_page(pages);
             respond(
                 &mut stream,
                 "200 OK",
@@ -147,7 +159,11 @@ async fn handle(
             }
             Some(latest) => match latest {
                 Some(f) => {
-                    let body = ppm(&f);
+                    // Convert on a blocking thread and drop the frame (its ring slot) before
+                    // the network write: a slow reader must never pin a slot.
+                    let body = tokio::task::spawn_blocking(move || ppm(&f))
+                        .await
+                        .map_err(std::io::Error::other)?;
                     respond(&mut stream, "200 OK", "image/x-portable-pixmap", &body).await
                 }
                 None => {
@@ -208,4 +224,114 @@ pub fn ppm(f: &scanoutd_types::Frame) -> Vec<u8> {
         }
     }
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scanoutd_types::{Damage, Frame};
+    use tokio::io::AsyncReadExt;
+
+    fn pages(buses: Vec<FrameBus>) -> Pages {
+        Pages {
+            metrics: Metrics::new(),
+            buses,
+            source_start_unix_ms: 1_700_000_000_000,
+            sources: vec![
+                crate::source_metrics::QemuMetrics::new(2),
+                Arc::new(crate::source_metrics::GpuMetrics(Arc::new(
+                    scanoutd_gpu::WorkerStats::default,
+                ))),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_metrics_page_is_well_formed() {
+        let buses = vec![FrameBus::new(), FrameBus::new()];
+        buses[1].publish(Arc::new(Frame::new(16, 16)), &Damage::full(16, 16));
+        let text = metrics_page(&pages(buses));
+        assert_eq!(
+            scanoutd_testkit::prometheus::lint(&text),
+            Vec::<String>::new(),
+            "{text}"
+        );
+        use scanoutd_testkit::prometheus::sample_value;
+        assert_eq!(
+            sample_value(&text, "scanoutd_frames_produced_total", &["display=\"1\""]),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample_value(
+                &text,
+                "scanoutd_frames_dropped_total",
+                &["reason=\"ring_full\"", "display=\"0\""]
+            ),
+            Some(0.0)
+        );
+        for family in [
+            "scanoutd_qemu_dmabuf_failed_total",
+            "scanoutd_gpu_jobs_total",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} counter")),
+                "{family}"
+            );
+        }
+    }
+
+    /// Start a snapshot request and read its response head, then stop reading: the body (a
+    /// 4K picture, 25 MB) cannot fit in the socket buffers, so the server's write stays blocked.
+    async fn stalled_snapshot(addr: std::net::SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /snapshot.ppm HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b))
+                .await
+                .expect("no response head within 5 s")
+                .unwrap();
+            head.push(b[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.0 200 OK"), "{head:?}");
+        s
+    }
+
+    /// Snapshot readers that stop reading never hold a ring slot: with three of them
+    /// stalled mid-body (one per published frame, so the old code pinned all three slots),
+    /// the source still publishes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_snapshot_reader_holds_no_ring_slot() {
+        let (w, h) = (3840, 2160);
+        let bus = FrameBus::new();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, pages(vec![bus.clone()])));
+        let mut readers = Vec::new();
+        for i in 0..3u8 {
+            let r = bus.try_write(w, h, |f| {
+                f.data[0] = i;
+                Damage::full(w, h)
+            });
+            assert_eq!(r, scanoutd_ring::WriteOutcome::Published);
+            readers.push(stalled_snapshot(addr).await);
+        }
+        for i in 0..3u8 {
+            let r = bus.try_write(w, h, |f| {
+                f.data[1] = i;
+                Damage::full(w, h)
+            });
+            assert_eq!(
+                r,
+                scanoutd_ring::WriteOutcome::Published,
+                "write {i}: every ring slot is held by a stalled snapshot reader"
+            );
+        }
+        assert_eq!(bus.stats().dropped_ring_full, 0);
+        drop(readers);
+        server.abort();
+    }
 }

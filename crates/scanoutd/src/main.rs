@@ -21,6 +21,7 @@ mod gpu_path;
 mod http;
 mod qemu_source;
 mod source;
+mod source_metrics;
 
 /// Stream a virtual machine's display to SPICE clients (remote-viewer, spice-gtk).
 ///
@@ -216,24 +217,26 @@ struct ServeArgs {
     /// the console it is on.
     #[arg(long, value_name = "N|N,M,...|all", value_parser = parse_console)]
     console: Option<ConsoleArg>,
-    /// With a QEMU source: what to do when QEMU goes away.
-    #[arg(long, value_enum, default_value_t = OnQemuExit::Keep)]
-    on_qemu_exit: OnQemuExit,
+    /// With a QEMU source: what to do when QEMU goes away [default: keep].
+    #[arg(long, value_enum)]
+    on_qemu_exit: Option<OnQemuExit>,
     /// With a QEMU source: the GPU path for GL guests (`-display dbus,gl=on`), whose scanouts
     /// are dmabufs imported with EGL and read back. `auto` uses a GPU that can import them
-    /// when there is one, `require` refuses to start without, `off` never uses one.
-    #[arg(long, value_enum, default_value_t = gpu_path::GpuMode::Auto)]
-    gpu: gpu_path::GpuMode,
-    /// With --gpu: use the EGL device of this DRM node (the one QEMU renders on), e.g.
-    /// /dev/dri/renderD128.
+    /// when there is one, `require` refuses to start without, `off` never uses one
+    /// [default: auto].
+    #[arg(long, value_enum)]
+    gpu: Option<gpu_path::GpuMode>,
+    /// With a QEMU source: use the EGL device of this DRM node (the one QEMU renders on),
+    /// e.g. /dev/dri/renderD128.
     #[arg(long, value_name = "PATH")]
     render_node: Option<PathBuf>,
-    /// Demo scene.
-    #[arg(long, value_enum, default_value_t = SceneArg::Motion)]
-    scene: SceneArg,
-    /// Demo display size, WIDTHxHEIGHT (even numbers, at least 640x480).
-    #[arg(long, default_value = "1280x720", value_parser = parse_size, value_name = "WxH")]
-    size: (u32, u32),
+    /// With the demo source: its scene [default: motion].
+    #[arg(long, value_enum)]
+    scene: Option<SceneArg>,
+    /// With the demo source: its display size, WIDTHxHEIGHT (even numbers, at least 640x480)
+    /// [default: 1280x720]. A QEMU guest's size comes from the guest.
+    #[arg(long, value_parser = parse_size, value_name = "WxH")]
+    size: Option<(u32, u32)>,
     /// Demo frames per second (1-240); for a QEMU source, the frame rate encoders expect.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=240))]
     fps: u32,
@@ -373,10 +376,52 @@ fn ticketing(args: &ServeArgs) -> Result<Ticketing> {
     Ticketing::password(pw).context("the client password")
 }
 
+/// The demo's size when `--size` is not given.
+const DEMO_SIZE: (u32, u32) = (1280, 720);
+
+/// Refuse options that do not apply to the chosen source, rather than ignore them.
+fn check_source_options(args: &ServeArgs) -> Result<()> {
+    let (misplaced, why): (Vec<&str>, &str) = match args.source {
+        SourceSpec::Demo => (
+            [
+                ("--console", args.console.is_some()),
+                ("--on-qemu-exit", args.on_qemu_exit.is_some()),
+                ("--gpu", args.gpu.is_some()),
+                ("--render-node", args.render_node.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(name, given)| given.then_some(name))
+            .collect(),
+            "a QEMU source (--source qemu-dbus:ADDRESS or qemu-qmp:PATH), not to the demo",
+        ),
+        SourceSpec::Qemu(_) => (
+            [
+                ("--size", args.size.is_some()),
+                ("--scene", args.scene.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(name, given)| given.then_some(name))
+            .collect(),
+            "the demo source: a QEMU guest's size and picture come from the guest",
+        ),
+    };
+    if misplaced.is_empty() {
+        return Ok(());
+    }
+    let verb = if misplaced.len() == 1 {
+        "applies"
+    } else {
+        "apply"
+    };
+    bail!("{} {verb} only to {why}", misplaced.join(", "));
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
+    check_source_options(&args)?;
     let ticketing = ticketing(&args)?;
-    let (width, height) = args.size;
-    let scene = scene_of(args.scene);
+    let (width, height) = args.size.unwrap_or(DEMO_SIZE);
+    let scene_arg = args.scene.unwrap_or(SceneArg::Motion);
+    let scene = scene_of(scene_arg);
     if args.min_bitrate > args.max_bitrate || args.min_bitrate == 0 {
         bail!("--min-bitrate must be at least 1 and at most --max-bitrate");
     }
@@ -406,6 +451,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // The source's pointer per display, for sources that have one (the demo shows the default
     // arrow).
     let mut cursor_feeds = None;
+    let mut source_metrics: Vec<Arc<dyn source_metrics::MetricsSource>> = Vec::new();
     let (input, start_unix_ms, mut source_task): (Arc<dyn scanoutd_types::InputSink>, u64, _) =
         match &args.source {
             SourceSpec::Demo => {
@@ -425,16 +471,29 @@ async fn serve(args: ServeArgs) -> Result<()> {
                     .map(|_| tokio::sync::watch::channel(scanoutd_types::CursorState::default()))
                     .unzip();
                 cursor_feeds = Some(cursor_rx);
-                let gpu = gpu_path::start(args.gpu, args.render_node.clone()).await?;
-                let task = tokio::spawn(qemu_source::run(
-                    endpoint.clone(),
-                    selection,
-                    buses.clone(),
-                    Arc::clone(&input),
-                    cursor_tx,
-                    gpu,
-                    args.on_qemu_exit == OnQemuExit::Exit,
-                ));
+                let gpu = gpu_path::start(
+                    args.gpu.unwrap_or(gpu_path::GpuMode::Auto),
+                    args.render_node.clone(),
+                )
+                .await?;
+                if let Some(g) = &gpu {
+                    let g = Arc::clone(g);
+                    source_metrics.push(Arc::new(source_metrics::GpuMetrics(Arc::new(
+                        move || g.stats(),
+                    ))));
+                }
+                let qemu_metrics = source_metrics::QemuMetrics::new(buses.len());
+                source_metrics.push(qemu_metrics.clone());
+                let task = tokio::spawn(qemu_source::run(qemu_source::QemuSource {
+                    endpoint: endpoint.clone(),
+                    consoles: selection,
+                    buses: buses.clone(),
+                    input: Arc::clone(&input),
+                    cursors: cursor_tx,
+                    gpu: gpu.map(|g| g as Arc<dyn scanoutd_qemu::DmabufReader>),
+                    exit_on_close: args.on_qemu_exit == Some(OnQemuExit::Exit),
+                    metrics: qemu_metrics,
+                }));
                 (input as Arc<dyn scanoutd_types::InputSink>, 0, task)
             }
         };
@@ -486,9 +545,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
             tracing::info!("metrics at http://{}/metrics", l.local_addr()?);
             Some(tokio::spawn(http::serve(
                 l,
-                Arc::clone(&metrics),
-                buses.clone(),
-                start_unix_ms,
+                http::Pages {
+                    metrics: Arc::clone(&metrics),
+                    buses: buses.clone(),
+                    source_start_unix_ms: start_unix_ms,
+                    sources: source_metrics,
+                },
             )))
         }
         None => None,
@@ -497,7 +559,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     match &args.source {
         SourceSpec::Demo => tracing::info!(
             "serving the {:?} demo ({width}x{height} at {} fps) on spice://{}",
-            args.scene,
+            scene_arg,
             args.fps,
             listener.local_addr()?
         ),
@@ -602,6 +664,79 @@ mod tests {
             .map(|i| i.to_string())
             .collect();
         assert!(parse_console(&many.join(",")).is_err());
+    }
+
+    fn serve_args(argv: &[&str]) -> ServeArgs {
+        let mut full = vec!["scanoutd", "serve"];
+        full.extend_from_slice(argv);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Serve(args) => args,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    /// Options of the other source are refused with a message naming them, never ignored.
+    #[test]
+    fn options_of_the_other_source_are_refused() {
+        let qemu = ["--source", "qemu-qmp:/tmp/x.sock"];
+        for (extra, named) in [
+            (&["--size", "800x600"][..], "--size"),
+            (&["--scene", "still"][..], "--scene"),
+        ] {
+            let mut argv = qemu.to_vec();
+            argv.extend_from_slice(extra);
+            let err = check_source_options(&serve_args(&argv))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(named) && err.contains("demo source"),
+                "{err}"
+            );
+        }
+        for (extra, named) in [
+            (&["--console", "1"][..], "--console"),
+            (&["--gpu", "off"][..], "--gpu"),
+            (&["--on-qemu-exit", "exit"][..], "--on-qemu-exit"),
+            (
+                &["--render-node", "/dev/dri/renderD128"][..],
+                "--render-node",
+            ),
+        ] {
+            let err = check_source_options(&serve_args(extra))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(named) && err.contains("QEMU source"),
+                "{err}"
+            );
+        }
+        let err = check_source_options(&serve_args(&["--gpu", "off", "--console", "0"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--console, --gpu apply only"), "{err}");
+        // What belongs to each source, and what both take, passes.
+        check_source_options(&serve_args(&[
+            "--size", "800x600", "--scene", "still", "--fps", "30",
+        ]))
+        .unwrap();
+        let mut argv = qemu.to_vec();
+        argv.extend_from_slice(&[
+            "--console",
+            "all",
+            "--gpu",
+            "off",
+            "--on-qemu-exit",
+            "exit",
+            "--fps",
+            "30",
+        ]);
+        check_source_options(&serve_args(&argv)).unwrap();
+        // Defaults when not given.
+        let args = serve_args(&[]);
+        assert_eq!(
+            (args.size, args.scene, args.gpu, args.on_qemu_exit),
+            (None, None, None, None)
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ use scanoutd_ring::FrameBus;
 use scanoutd_types::{CursorState, InputEvent, InputSink};
 use tokio::sync::watch;
 
+use crate::source_metrics::QemuMetrics;
+
 /// The input sink handed to the SPICE server: forwards to the current QEMU connection and
 /// drops events while there is none.
 #[derive(Default)]
@@ -37,21 +39,37 @@ impl InputSink for SwitchableInput {
     }
 }
 
-/// Connect to QEMU's D-Bus display at `endpoint` and keep the buses fed: the consoles
-/// `consoles` names, paired in order with `buses` (display 0 first), over one connection, and
-/// each console's pointer copied into the `cursors` feed of the same index. Returns only when
-/// QEMU went away and `exit_on_close` is set (as an error), or never. In QMP mode every attempt
-/// is a new `add_client` on the same socket, so a QEMU restarted there is picked up too; with
-/// [`ConsoleSelection::AllGraphic`] the consoles are looked up again on each connection.
-pub async fn run(
-    endpoint: QemuEndpoint,
-    consoles: ConsoleSelection,
-    buses: Vec<FrameBus>,
-    input: Arc<SwitchableInput>,
-    cursors: Vec<watch::Sender<CursorState>>,
-    gpu: Option<Arc<dyn scanoutd_qemu::DmabufReader>>,
-    exit_on_close: bool,
-) -> Result<()> {
+/// What the QEMU source feeds, and how.
+pub struct QemuSource {
+    pub endpoint: QemuEndpoint,
+    /// The consoles to show, paired in order with `buses` (display 0 first).
+    pub consoles: ConsoleSelection,
+    pub buses: Vec<FrameBus>,
+    pub input: Arc<SwitchableInput>,
+    /// Each console's pointer goes to the feed of the same index.
+    pub cursors: Vec<watch::Sender<CursorState>>,
+    pub gpu: Option<Arc<dyn scanoutd_qemu::DmabufReader>>,
+    /// End (with an error) when QEMU goes away, instead of waiting for it to come back.
+    pub exit_on_close: bool,
+    pub metrics: Arc<QemuMetrics>,
+}
+
+/// Connect to QEMU's D-Bus display and keep the buses fed, over one connection. Returns only
+/// when QEMU went away and `exit_on_close` is set (as an error), or never. In QMP mode every
+/// attempt is a new `add_client` on the same socket, so a QEMU restarted there is picked up
+/// too; with [`ConsoleSelection::AllGraphic`] the consoles are looked up again on each
+/// connection.
+pub async fn run(src: QemuSource) -> Result<()> {
+    let QemuSource {
+        endpoint,
+        consoles,
+        buses,
+        input,
+        cursors,
+        gpu,
+        exit_on_close,
+        metrics,
+    } = src;
     let mut attempts: u64 = 0;
     loop {
         let opts = ConnectOptions {
@@ -75,6 +93,7 @@ pub async fn run(
                     if heads.len() == 1 { "" } else { "s" },
                     heads.join(", ")
                 );
+                metrics.connected(vm.heads());
                 input.set(Some(Arc::new(vm.input())));
                 let follow: Vec<_> = vm
                     .heads()
@@ -83,6 +102,7 @@ pub async fn run(
                     .map(|(head, feed)| tokio::spawn(follow_cursor(head.cursor(), feed.clone())))
                     .collect();
                 let reason = vm.closed().await;
+                metrics.disconnected();
                 input.set(None);
                 for f in follow {
                     f.abort();

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::{Ticketing, MAX_PASSWORD_LEN};
-pub use metrics::{ClientStats, Histogram, Metrics};
+pub use metrics::{write_family, ClientStats, Histogram, MetricKind, Metrics};
 pub use rate::RateLimits;
 pub use stream::{StreamMode, StreamTuning};
 

@@ -56,6 +56,45 @@ impl Histogram {
     }
 }
 
+/// The Prometheus type of a metric family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up (its name ends in `_total`).
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+}
+
+impl MetricKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+        }
+    }
+}
+
+/// Write one metric family: its HELP and TYPE lines, then one sample per `(labels, value)`
+/// (`labels` without braces, e.g. `client="3"`; empty for none). A family with no samples
+/// is still declared.
+pub fn write_family<L: AsRef<str>, V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: MetricKind,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, V)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {}", kind.as_str());
+    for (labels, v) in samples {
+        let labels = labels.as_ref();
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
 /// The channels the server speaks, in metric label order.
 const CHANNELS: [(ChannelType, &str); 4] = [
     (ChannelType::Main, "main"),
@@ -229,39 +268,36 @@ impl Metrics {
 
     /// Append the Prometheus text exposition of every counter.
     pub fn render(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP scanoutd_bytes_sent_total Bytes written to clients, by SPICE channel."
-        );
-        let _ = writeln!(out, "# TYPE scanoutd_bytes_sent_total counter");
-        for (i, (_, name)) in CHANNELS.iter().enumerate() {
-            let _ = writeln!(
+        for (name, help, v) in [
+            (
+                "scanoutd_bytes_sent_total",
+                "Bytes written to clients, by SPICE channel.",
+                &self.bytes_sent,
+            ),
+            (
+                "scanoutd_bytes_received_total",
+                "Bytes read from clients, by SPICE channel.",
+                &self.bytes_received,
+            ),
+        ] {
+            write_family(
                 out,
-                "scanoutd_bytes_sent_total{{channel=\"{name}\"}} {}",
-                self.bytes_sent[i].load(Relaxed)
+                name,
+                MetricKind::Counter,
+                help,
+                CHANNELS
+                    .iter()
+                    .zip(v)
+                    .map(|((_, ch), n)| (format!("channel=\"{ch}\""), n.load(Relaxed))),
             );
         }
-        let _ = writeln!(
+        write_family(
             out,
-            "# HELP scanoutd_bytes_received_total Bytes read from clients, by SPICE channel."
-        );
-        let _ = writeln!(out, "# TYPE scanoutd_bytes_received_total counter");
-        for (i, (_, name)) in CHANNELS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "scanoutd_bytes_received_total{{channel=\"{name}\"}} {}",
-                self.bytes_received[i].load(Relaxed)
-            );
-        }
-        let gauges = [(
             "scanoutd_connected_clients",
-            "gauge",
+            MetricKind::Gauge,
             "Connected SPICE clients (sessions).",
-            self.connected_clients.load(Relaxed),
-        )];
-        for (name, ty, help, v) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}\n{name} {v}");
-        }
+            [("", self.connected_clients.load(Relaxed))],
+        );
         let counters = [
             (
                 "scanoutd_link_failures_total",
@@ -285,10 +321,12 @@ impl Metrics {
             ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(
+            write_family(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
+                name,
+                MetricKind::Counter,
+                help,
+                [("", v.load(Relaxed))],
             );
         }
         let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
@@ -308,48 +346,58 @@ impl Metrics {
                 })
             })
             .collect();
-        let per_client: [(&str, &str, StatGetter); 7] = [
+        let per_client: [(&str, MetricKind, &str, StatGetter); 7] = [
             (
                 "scanoutd_client_mm_margin_ms",
+                MetricKind::Gauge,
                 "How long after capture the client shows a video frame (SPICE mm-time offset), ms.",
                 |s| s.mm_margin_ms.load(Relaxed),
             ),
             (
                 "scanoutd_client_updates_sent_total",
+                MetricKind::Counter,
                 "Display updates sent to a client.",
                 |s| s.updates_sent.load(Relaxed),
             ),
             (
                 "scanoutd_client_coalesced_updates_total",
+                MetricKind::Counter,
                 "Frames dropped before encoding or sending: superseded by a newer frame while the client was busy or over its budget.",
                 |s| s.coalesced_updates.load(Relaxed),
             ),
             (
                 "scanoutd_client_display_bytes_total",
+                MetricKind::Counter,
                 "Display-channel bytes sent to a client.",
                 |s| s.bytes_sent.load(Relaxed),
             ),
             (
                 "scanoutd_client_frames_encoded_total",
+                MetricKind::Counter,
                 "Video frames encoded for a client.",
                 |s| s.frames_encoded.load(Relaxed),
             ),
             (
                 "scanoutd_client_stream_frames_sent_total",
+                MetricKind::Counter,
                 "Video frames (STREAM_DATA) sent to a client.",
                 |s| s.stream_frames_sent.load(Relaxed),
             ),
             (
                 "scanoutd_client_bitrate_kbps",
+                MetricKind::Gauge,
                 "Current video bitrate target of a client (0 without a stream).",
                 |s| s.bitrate_kbps.load(Relaxed),
             ),
         ];
-        for (name, help, get) in per_client {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (labels, s) in &series {
-                let _ = writeln!(out, "{name}{{{labels}}} {}", get(s));
-            }
+        for (name, kind, help, get) in per_client {
+            write_family(
+                out,
+                name,
+                kind,
+                help,
+                series.iter().map(|(labels, s)| (labels, get(s))),
+            );
         }
         let _ = writeln!(out, "# HELP scanoutd_client_stream_codec The codec of a client's running stream (1 while it runs).\n# TYPE scanoutd_client_stream_codec gauge");
         for (labels, s) in &series {
@@ -378,5 +426,56 @@ impl Metrics {
                 get(s).render(out, name, labels);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scanoutd_testkit::prometheus::{family_type, lint, sample_value};
+
+    #[test]
+    fn every_family_is_declared_with_the_type_its_name_says() {
+        let m = Metrics::default();
+        m.add_sent(ChannelType::Display, 100);
+        m.protocol_error();
+        let one = m.client_connected(7);
+        one.mm_margin_ms.store(25, Relaxed);
+        one.set_stream(Some(Codec::H264), 3000);
+        one.encode_ms.observe(3.0);
+        let two = m.client_connected_displays(8, 2);
+        two[1].bitrate_kbps.store(1500, Relaxed);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert_eq!(lint(&out), Vec::<String>::new(), "{out}");
+        // Values that go down are gauges, not counters.
+        for g in [
+            "scanoutd_client_mm_margin_ms",
+            "scanoutd_client_bitrate_kbps",
+            "scanoutd_connected_clients",
+            "scanoutd_client_stream_codec",
+        ] {
+            assert_eq!(family_type(&out, g).as_deref(), Some("gauge"), "{g}");
+        }
+        assert_eq!(
+            sample_value(&out, "scanoutd_client_mm_margin_ms", &["client=\"7\""]),
+            Some(25.0)
+        );
+        assert_eq!(
+            sample_value(
+                &out,
+                "scanoutd_client_bitrate_kbps",
+                &["client=\"8\"", "display=\"1\""]
+            ),
+            Some(1500.0)
+        );
+        assert_eq!(
+            sample_value(&out, "scanoutd_connected_clients", &[]),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample_value(&out, "scanoutd_bytes_sent_total", &["channel=\"display\""]),
+            Some(100.0)
+        );
     }
 }

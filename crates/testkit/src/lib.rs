@@ -5,6 +5,9 @@
 //! Every wait is bounded by a timeout: a test never hangs on a silent server.
 #![forbid(unsafe_code)]
 
+pub mod prometheus;
+pub mod require;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -8,6 +8,9 @@
 # 2. bench/guest_vs_qemu.py: the animated test guest served by scanoutd and by QEMU's built-in
 #    SPICE server, side by side (fps seen, bandwidth, CPU, PSNR); writes
 #    $E2E_ARTIFACTS/bench/guest_vs_qemu.json (about 1.5 minutes). Skip it with GUEST_BENCH=0.
+# 3. bench/lag.py: the lag scenario (a client behind a 4 Mbit/s tbf link, one on loopback) with
+#    the millisecond figures the test does not assert; writes $E2E_ARTIFACTS/bench/lag.json
+#    (about 1.5 minutes, root only). Skip it with LAG_BENCH=0.
 # Options go to run.py. Runs with $PYTHON, default /usr/bin/python3 (needs python3-gi).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -17,4 +20,9 @@ if [ "${GUEST_BENCH:-1}" != 0 ]; then
   out="${E2E_ARTIFACTS:-/tmp/scanoutd-e2e}/bench"
   mkdir -p "$out"
   "$py" "$here/guest_vs_qemu.py" --json "$out/guest_vs_qemu.json"
+fi
+if [ "${LAG_BENCH:-1}" != 0 ]; then
+  out="${E2E_ARTIFACTS:-/tmp/scanoutd-e2e}/bench"
+  mkdir -p "$out"
+  "$py" "$here/lag.py" --json "$out/lag.json"
 fi

@@ -7,14 +7,21 @@ Environment:
     SCANOUTD_BIN      server binary (default <repo>/target/debug/scanoutd)
     E2E_ARTIFACTS     where logs, screenshots and picture dumps go (default /tmp/scanoutd-e2e)
     E2E_TEST_TIMEOUT  per-test wall-clock limit in seconds (default 30; tests may ask for more)
+    SCANOUTD_REQUIRE  parts that must be present (e.g. qemu,netns,spice-gtk,scanoutd, or all):
+                      a test that would skip for lack of one fails instead (require.py)
+    SCANOUTD_TEST_STRESS=1
+                      run the whole session next to a CPU hog that keeps one core busy (the
+                      suite must pass on a loaded machine; see docs/TESTING.md)
 
-Tests skip only when the spice-gtk typelib (SpiceClientGLib 2.0) or the scanoutd binary is
-missing; anything else that is missing (Xvfb, remote-viewer, ImageMagick) is a failure.
+Tests skip, with the reason, only when a part is missing (QEMU, root for namespaces, the
+spice-gtk typelib, the scanoutd binary); anything else that is missing (Xvfb, remote-viewer,
+ImageMagick) is a failure.
 """
 
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 
@@ -22,6 +29,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import spiceclient as sc  # noqa: E402
+from require import need  # noqa: E402
 
 DEFAULT_TIMEOUT = float(os.environ.get("E2E_TEST_TIMEOUT", "30"))
 
@@ -60,11 +68,28 @@ def _per_test_timeout(request):
         sc.clear_abort()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_hog():
+    """With SCANOUTD_TEST_STRESS=1: a busy loop on one core for the whole session (started and
+    ended here, by PID), so the suite runs as it would on a loaded CI machine."""
+    if os.environ.get("SCANOUTD_TEST_STRESS") != "1":
+        yield None
+        return
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    print(f"\nSCANOUTD_TEST_STRESS=1: CPU hog running as pid {hog.pid}")
+    try:
+        yield hog
+    finally:
+        hog.kill()
+        hog.wait(5)
+
+
 @pytest.fixture(scope="session")
 def spice_gi():
     reason = sc.spice_gi_missing_reason()
     if reason:
-        pytest.skip(reason)
+        need("spice-gtk", reason)
     return sc.spice_gi()
 
 
@@ -72,7 +97,7 @@ def spice_gi():
 def scanoutd_bin():
     path = sc.default_scanoutd_bin()
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.skip(f"scanoutd binary not found at {path} (build it with `cargo build`, or set "
+        need("scanoutd", f"scanoutd binary not found at {path} (build it with `cargo build`, or set "
                     f"SCANOUTD_BIN)")
     return path
 

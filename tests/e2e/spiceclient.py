@@ -1167,8 +1167,11 @@ class ScanoutdServer:
             raise FileNotFoundError(f"scanoutd binary not found/executable: {self.binary}")
         self.port, self.metrics_port = free_ports(2)
         argv = [self.binary, "serve", "--listen", f"127.0.0.1:{self.port}",
-                "--source", self.source, "--scene", self.scene, "--size", self.size,
-                "--fps", str(self.fps), "--metrics", f"127.0.0.1:{self.metrics_port}"]
+                "--source", self.source]
+        if self.source == "demo":
+            # (scanoutd refuses the demo's options for a QEMU source)
+            argv += ["--scene", self.scene, "--size", self.size]
+        argv += ["--fps", str(self.fps), "--metrics", f"127.0.0.1:{self.metrics_port}"]
         if self.password is not None:
             fd, self.password_file = tempfile.mkstemp(prefix="scanoutd-pw-", dir=self.log_dir)
             with os.fdopen(fd, "w") as f:

@@ -112,9 +112,11 @@ def test_motion_timestamp_advances(servers, clients):
     assert s.undecodable == 0 or s.undecodable < s.samples // 10, "strip undecodable: " + msg
     assert len(vals) >= 6, "timestamp strip did not advance (want >= 6 values in 2 s): " + msg
     assert _advancing(vals), "timestamp strip went backwards: " + msg
+    # Sanity, not speed (the figures are `make bench`'s): a picture is never from the future
+    # (same clock; 50 ms for rounding) and never seconds old on loopback.
     med = sc.percentile(ages, 50)
-    assert -20 <= med < 1000, f"median age {med:.0f} ms not sane: " + msg
-    assert max(ages) < 1000 and min(ages) > -50, "an age was out of range: " + msg
+    assert -50 <= med < 1000, f"median age {med:.0f} ms not sane: " + msg
+    assert max(ages) < 3000 and min(ages) > -50, "an age was out of range: " + msg
     _assert_clean(srv)
 
 
@@ -241,13 +243,15 @@ def test_stalled_client_catches_up(servers, clients):
     t0 = time.monotonic()
     fresh_at = []
 
+    # Catching up means showing a picture younger than the stall, soon: a client fed the
+    # stalled backlog instead would show pictures about 3 s old first. Bounds of seconds.
     def tick():
         v = slow.timestamp()
-        if not fresh_at and v is not None and sc.age_ms(v) < 250:
+        if not fresh_at and v is not None and sc.age_ms(v) < 1000:
             fresh_at.append(time.monotonic() - t0)
-    sc.pump(3.0, until=lambda: bool(fresh_at), on_tick=tick)
-    assert fresh_at and fresh_at[0] < 1.5, (
-        f"after a 3 s stall the client's picture was not fresh (< 250 ms old) within 1.5 s; "
+    sc.pump(5.0, until=lambda: bool(fresh_at), on_tick=tick)
+    assert fresh_at and fresh_at[0] < 3.0, (
+        f"after a 3 s stall the client's picture was not fresh (< 1 s old) within 3 s; "
         f"age now {sc.age_ms(slow.timestamp()) if slow.timestamp() is not None else None} ms"
         f"\n{_diag(srv, slow)}")
     sc.pump(0.5)

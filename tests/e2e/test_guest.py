@@ -16,6 +16,7 @@ import pytest
 
 import qemuvm
 import spiceclient as sc
+from require import need
 
 # PSNR floor of the video window while it streams (the rest stays lossless, checked exactly).
 # Measured here: medians 34-35 dB with H.264 at the starting 8 Mbit/s; single pictures score
@@ -26,6 +27,8 @@ MIN_PSNR = 30
 
 @pytest.fixture
 def guest_ready():
+    if not qemuvm.QEMU:
+        need("qemu", "qemu-system-x86_64 is not installed (scripts/install-deps)")
     reason = qemuvm.guest_missing_reason()
     if reason:
         pytest.fail(reason)  # `make test` builds it; missing is a setup error, not a skip

@@ -22,6 +22,7 @@ import pytest
 
 import qemuvm
 import spiceclient as sc
+from require import need
 
 SEABIOS_SIZE = (720, 400)      # console 0: SeaBIOS's text mode
 PLACEHOLDER_SIZE = (640, 480)  # console 1: QEMU's "not initialized" placeholder
@@ -101,7 +102,7 @@ def move_until_traced(c, vm, display, con, timeout=10.0):
 def test_console_all_serves_each_console_as_a_monitor(scanoutd_bin, spice_gi, artifacts,
                                                       workdir):
     if not qemuvm.QEMU or not qemuvm.DBUS_DAEMON:
-        pytest.skip("qemu-system-x86_64 or dbus-daemon is not installed (scripts/install-deps)")
+        need("qemu", "qemu-system-x86_64 or dbus-daemon is not installed (scripts/install-deps)")
     bus = qemuvm.DbusBus(workdir)
     vm = None
     try:
@@ -181,7 +182,7 @@ def test_console_all_serves_each_console_as_a_monitor(scanoutd_bin, spice_gi, ar
 @pytest.mark.timeout_s(90)
 def test_console_list_orders_monitors_in_p2p_mode(scanoutd_bin, spice_gi, artifacts, workdir):
     if not qemuvm.QEMU:
-        pytest.skip("qemu-system-x86_64 is not installed (scripts/install-deps)")
+        need("qemu", "qemu-system-x86_64 is not installed (scripts/install-deps)")
     display_qmp = os.path.join(workdir, "display.sock")
     vm = qemuvm.QemuVM(workdir, "p2p",
                        two_console_args("dbus,p2p=yes")

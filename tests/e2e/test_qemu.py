@@ -13,6 +13,7 @@ import pytest
 
 import qemuvm
 import spiceclient as sc
+from require import need
 
 QEMU = qemuvm.QEMU
 DBUS_DAEMON = qemuvm.DBUS_DAEMON
@@ -22,7 +23,7 @@ DBUS_DAEMON = qemuvm.DBUS_DAEMON
 def dbus_bus(workdir):
     """A private D-Bus bus; yields its address."""
     if not (QEMU and DBUS_DAEMON):
-        pytest.skip("qemu-system-x86_64 or dbus-daemon is not installed (scripts/install-deps)")
+        need("qemu", "qemu-system-x86_64 or dbus-daemon is not installed (scripts/install-deps)")
     bus = qemuvm.DbusBus(workdir)
     try:
         yield bus.address
@@ -92,12 +93,22 @@ def test_qemu_guest_through_scanoutd_matches_screendump(scanoutd_bin, spice_gi, 
                 assert "went away" in srv.log_tail(1 << 20), srv.log_tail()
                 m = srv.metrics()
                 assert sc.metric_value(m, "scanoutd_connected_clients") == 1
+                # The QEMU source's own counters are exported.
+                assert sc.metric_value(m, "scanoutd_qemu_connected") == 0, srv.metrics_text()
+                published = sc.metric_value(m, "scanoutd_qemu_frames_published_total")
+                assert published and published > 0, srv.metrics_text()
+                assert sc.metric_value(m, "scanoutd_qemu_frame_errors_total") == 0
 
                 # ... and when QEMU comes back, scanoutd reconnects and the client sees it.
                 qemu = Qemu(workdir, dbus_bus, "b")
                 wait_exact(c, qemu, workdir, timeout=30)
                 assert srv.log_tail(1 << 20).count("connected to the display of VM") == 2
-                assert sc.metric_value(srv.metrics(), "scanoutd_protocol_errors_total") == 0
+                m = srv.metrics()
+                assert sc.metric_value(m, "scanoutd_protocol_errors_total") == 0
+                assert sc.metric_value(m, "scanoutd_qemu_connected") == 1
+                assert sc.metric_value(m, "scanoutd_qemu_connections_total") == 2
+                # Summed over both connections: never below what the first one published.
+                assert sc.metric_value(m, "scanoutd_qemu_frames_published_total") > published
     finally:
         qemu.kill()
 

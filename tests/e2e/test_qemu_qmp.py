@@ -15,6 +15,7 @@ import pytest
 
 import qemuvm
 import spiceclient as sc
+from require import need
 from test_qemu import QEMU, wait_exact
 
 
@@ -34,7 +35,7 @@ class P2pQemu(qemuvm.QemuVM):
 def test_qemu_p2p_guest_through_scanoutd_matches_screendump(scanoutd_bin, spice_gi, artifacts,
                                                             workdir):
     if not QEMU:
-        pytest.skip("qemu-system-x86_64 is not installed (scripts/install-deps)")
+        need("qemu", "qemu-system-x86_64 is not installed (scripts/install-deps)")
     qemu = P2pQemu(workdir, "a")
     srv = sc.ScanoutdServer(binary=scanoutd_bin, source=f"qemu-qmp:{qemu.display_path}",
                             log_dir=artifacts, name="qemu-qmp")

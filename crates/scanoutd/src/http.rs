@@ -87,6 +87,16 @@ pub fn metrics_page(pages: &Pages) -> String {
     );
     write_family(
         &mut body,
+        "scanoutd_ring_sync_bytes_total",
+        MetricKind::Counter,
+        "Pixel bytes the frame ring copied to bring a slot up to the newest picture before the source drew into it (only what changed since the slot's picture).",
+        buses
+            .iter()
+            .enumerate()
+            .map(|(i, bus)| (label(i), bus.stats().sync_bytes)),
+    );
+    write_family(
+        &mut body,
         "scanoutd_source_start_unix_ms",
         MetricKind::Gauge,
         "When the source's animation clock was 0 (Unix ms).",

@@ -309,14 +309,9 @@ fn encoders(args: &ServeArgs) -> Result<(Arc<dyn EncoderFactory>, Vec<Codec>)> {
     );
     let factory =
         scanoutd_encode::GstEncoderFactory::discover(&specs).context("starting GStreamer")?;
-    let have = factory.codecs();
-    let codecs: Vec<Codec> = wanted.into_iter().filter(|c| have.contains(c)).collect();
+    let codecs = choose_codecs(args.codec, wanted, &factory.codecs())?;
     if codecs.is_empty() {
-        bail!(
-            "no usable encoder for --codec {:?} (available codecs: {}); run scripts/install-deps, or pass --codec off",
-            args.codec,
-            if have.is_empty() { "none".to_string() } else { have.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ") }
-        );
+        return Ok((Arc::new(NoEncoders), Vec::new()));
     }
     tracing::info!(
         "video codecs in order of preference: {}",
@@ -327,6 +322,32 @@ fn encoders(args: &ServeArgs) -> Result<(Arc<dyn EncoderFactory>, Vec<Codec>)> {
             .join(", ")
     );
     Ok((Arc::new(factory), codecs))
+}
+
+/// The codecs to offer: those wanted that an encoder can make. With `--codec auto` and no
+/// working encoder the service still runs, lossless drawables only (with a warning); a codec
+/// asked for by name that cannot be made is a start-up error.
+fn choose_codecs(arg: CodecArg, wanted: Vec<Codec>, have: &[Codec]) -> Result<Vec<Codec>> {
+    let codecs: Vec<Codec> = wanted.into_iter().filter(|c| have.contains(c)).collect();
+    if !codecs.is_empty() {
+        return Ok(codecs);
+    }
+    let available = if have.is_empty() {
+        "none".to_string()
+    } else {
+        have.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
+    };
+    if arg == CodecArg::Auto {
+        tracing::warn!(
+            "no video encoder works here (available codecs: {available}): serving lossless \
+             drawables only, no video streams; run scripts/install-deps for GStreamer's encoders"
+        );
+        return Ok(Vec::new());
+    }
+    bail!(
+        "no usable encoder for --codec {arg:?} (available codecs: {available}); run \
+         scripts/install-deps, pass --codec auto, or pass --codec off"
+    );
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
@@ -736,6 +757,26 @@ mod tests {
         assert_eq!(
             (args.size, args.scene, args.gpu, args.on_qemu_exit),
             (None, None, None, None)
+        );
+    }
+
+    #[test]
+    fn codec_auto_without_encoders_serves_drawables_named_codecs_must_exist() {
+        let all = Codec::ALL.to_vec();
+        assert_eq!(
+            choose_codecs(CodecArg::Auto, all.clone(), &[Codec::Vp8, Codec::H264]).unwrap(),
+            vec![Codec::H264, Codec::Vp8]
+        );
+        assert_eq!(
+            choose_codecs(CodecArg::Auto, all, &[]).unwrap(),
+            Vec::<Codec>::new()
+        );
+        let err = choose_codecs(CodecArg::H265, vec![Codec::H265], &[Codec::H264])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--codec H265") && err.contains("h264"),
+            "{err}"
         );
     }
 

@@ -265,6 +265,18 @@ impl Display<'_> {
         Ok(())
     }
 
+    /// Queue a DRAW_COPY of `rect` of `frame`, counting the pixel bytes copied out of the slot.
+    fn queue_draw(&self, conn: &mut Conn, frame: &Frame, rect: Rect) {
+        if let Some(r) = rect.clamp_to(frame.width, frame.height) {
+            self.stats
+                .copy_bytes
+                .fetch_add(u64::from(r.w) * u64::from(r.h) * 4, Relaxed);
+        }
+        if let Some(m) = draw_copy(frame, rect, self.lz4) {
+            conn.queue(&m);
+        }
+    }
+
     /// Queue the primary surface and its first full picture.
     fn create_surface(&mut self, conn: &mut Conn, frame: &Frame) {
         let (w, h) = (frame.width, frame.height);
@@ -281,9 +293,7 @@ impl Display<'_> {
             format: SURFACE_FMT_32_XRGB,
             flags: SURFACE_FLAG_PRIMARY,
         });
-        if let Some(m) = draw_copy(frame, frame.bounds(), self.lz4) {
-            conn.queue(&m);
-        }
+        self.queue_draw(conn, frame, frame.bounds());
         // The widget shows nothing until a MONITORS_CONFIG (we advertise the cap) and a MARK
         // arrive after the primary surface.
         conn.queue(&ServerMsg::MonitorsConfig {
@@ -403,9 +413,7 @@ impl Display<'_> {
         self.rate.set_stream_size(0, 0);
         if lossless {
             if let Some(frame) = self.bus.latest() {
-                if let Some(m) = draw_copy(&frame, st.rect, self.lz4) {
-                    conn.queue(&m);
-                }
+                self.queue_draw(conn, &frame, st.rect);
             }
         }
         self.stats.set_stream(None, 0);
@@ -429,7 +437,10 @@ impl Display<'_> {
         match self.policy.on_update(Instant::now(), &damage) {
             StreamAction::Start(rect) => self.start_stream(conn, rect).await,
             StreamAction::Regrow(rect) => {
-                self.end_stream(conn, false);
+                // Redraw the old stream's area losslessly with the new stream: a client shows
+                // the new stream only once its first frame decodes, and would show stale
+                // pictures of the old one until then.
+                self.end_stream(conn, true);
                 self.start_stream(conn, rect).await;
             }
             StreamAction::Stop(_) | StreamAction::None => {}
@@ -441,9 +452,7 @@ impl Display<'_> {
                 None => vec![*r],
             };
             for p in parts {
-                if let Some(m) = draw_copy(&frame, p, self.lz4) {
-                    conn.queue(&m);
-                }
+                self.queue_draw(conn, &frame, p);
             }
         }
         let mut encoded = None;
@@ -460,6 +469,7 @@ impl Display<'_> {
         let st = self.stream.as_mut()?;
         // Copy the stream area out and release the ring slot before encoding.
         let (r, px) = frame.extract(rect)?;
+        self.stats.copy_bytes.fetch_add(px.len() as u64, Relaxed);
         let (capture_ms, seq) = (frame.capture_ms, frame.seq);
         drop(frame);
         let mut encoder = st.encoder.take()?;

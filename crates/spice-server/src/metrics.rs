@@ -123,6 +123,8 @@ pub struct ClientStats {
     /// Frames the video encoder produced / STREAM_DATA updates sent.
     pub frames_encoded: AtomicU64,
     pub stream_frames_sent: AtomicU64,
+    /// Pixel bytes copied out of ring slots for this client (drawables and encoder input).
+    pub copy_bytes: AtomicU64,
     /// Current video target (0 without a stream).
     pub bitrate_kbps: AtomicU64,
     /// The client's multimedia-clock offset D, ms.
@@ -346,7 +348,7 @@ impl Metrics {
                 })
             })
             .collect();
-        let per_client: [(&str, MetricKind, &str, StatGetter); 7] = [
+        let per_client: [(&str, MetricKind, &str, StatGetter); 8] = [
             (
                 "scanoutd_client_mm_margin_ms",
                 MetricKind::Gauge,
@@ -370,6 +372,12 @@ impl Metrics {
                 MetricKind::Counter,
                 "Display-channel bytes sent to a client.",
                 |s| s.bytes_sent.load(Relaxed),
+            ),
+            (
+                "scanoutd_client_copy_bytes_total",
+                MetricKind::Counter,
+                "Pixel bytes copied out of the frame ring for a client (drawables and encoder input).",
+                |s| s.copy_bytes.load(Relaxed),
             ),
             (
                 "scanoutd_client_frames_encoded_total",

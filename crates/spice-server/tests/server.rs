@@ -597,6 +597,9 @@ struct FakeEncoder {
     w: u32,
     h: u32,
     log: Arc<Mutex<Vec<String>>>,
+    /// Fail every encode from this frame on (counting from 0).
+    fail_from: Option<u32>,
+    frames: u32,
 }
 
 impl scanoutd_types::VideoEncoder for FakeEncoder {
@@ -609,6 +612,13 @@ impl scanoutd_types::VideoEncoder for FakeEncoder {
     ) -> Result<Option<scanoutd_types::EncodedFrame>, scanoutd_types::EncoderError> {
         assert_eq!(stride, self.w as usize * 4);
         assert_eq!(bgrx.len(), stride * self.h as usize);
+        self.frames += 1;
+        if self.fail_from.is_some_and(|n| self.frames > n) {
+            return Err(scanoutd_types::EncoderError(format!(
+                "{} broke mid-stream",
+                self.codec
+            )));
+        }
         let sum: u64 = bgrx.iter().map(|b| u64::from(*b)).sum();
         let mut data = vec![force_keyframe as u8];
         data.extend_from_slice(&self.w.to_le_bytes());
@@ -633,10 +643,12 @@ impl scanoutd_types::VideoEncoder for FakeEncoder {
     }
 }
 
-/// Encodes everything but `broken`, which fails to start.
+/// Encodes everything but `broken`, which fails to start; `fails_after` starts, then fails
+/// after that many frames.
 struct FakeFactory {
     broken: Option<scanoutd_types::Codec>,
     log: Arc<Mutex<Vec<String>>>,
+    fails_after: Option<(scanoutd_types::Codec, u32)>,
 }
 
 impl scanoutd_types::EncoderFactory for FakeFactory {
@@ -663,6 +675,10 @@ impl scanoutd_types::EncoderFactory for FakeFactory {
             w: width,
             h: height,
             log: self.log.clone(),
+            fail_from: self
+                .fails_after
+                .and_then(|(c, n)| (c == codec).then_some(n)),
+            frames: 0,
         }))
     }
 }
@@ -687,6 +703,7 @@ async fn sustained_motion_streams_then_turns_sharp_again() {
     let factory = Arc::new(FakeFactory {
         broken: Some(scanoutd_types::Codec::H264),
         log: log.clone(),
+        fails_after: None,
     });
     let server = SpiceServer::new(
         ServerConfig::default(),
@@ -805,6 +822,7 @@ async fn codec_off_never_streams() {
     let factory = Arc::new(FakeFactory {
         broken: None,
         log: Arc::new(Mutex::new(Vec::new())),
+        fails_after: None,
     });
     let cfg = ServerConfig {
         stream_mode: spice_server::StreamMode::Off,
@@ -845,5 +863,185 @@ async fn codec_off_never_streams() {
         c.surface.apply(&m).unwrap();
     }
     assert_surface_eq(&c, &want);
+    server.shutdown();
+}
+
+/// A server on the fake encoders, its bus, and a linked client showing a `w` x `h` picture.
+async fn stream_rig(
+    factory: FakeFactory,
+    w: u32,
+    h: u32,
+) -> (Arc<SpiceServer>, FrameBus, Frame, TestClient) {
+    let bus = FrameBus::new();
+    let server = SpiceServer::new(
+        ServerConfig::default(),
+        bus.clone(),
+        Arc::new(Recorder::default()),
+        Arc::new(factory),
+        Metrics::new(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s = server.clone();
+    tokio::spawn(async move { s.serve(listener).await });
+    let frame = pattern(w, h, 0, false);
+    bus.publish(Arc::new(frame.clone()), &Damage::full(w, h));
+    let c = TestClient::connect(addr, "").await.unwrap();
+    (server, bus, frame, c)
+}
+
+fn rect_of(r: &spice_proto::SpiceRect) -> Rect {
+    Rect::new(
+        r.left as u32,
+        r.top as u32,
+        (r.right - r.left) as u32,
+        (r.bottom - r.top) as u32,
+    )
+}
+
+/// When an encoder fails mid-stream the client gets STREAM_DESTROY and a lossless redraw of
+/// the stream's area, then a stream in the next codec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoder_failing_mid_stream_gets_a_lossless_redraw_then_the_next_codec() {
+    let factory = FakeFactory {
+        broken: None,
+        log: Arc::new(Mutex::new(Vec::new())),
+        fails_after: Some((scanoutd_types::Codec::H264, 5)),
+    };
+    let (server, bus, mut frame, mut c) = stream_rig(factory, 640, 480).await;
+    c.wait_ready(T).await.unwrap();
+    let video = Rect::new(100, 120, 200, 150);
+    let pump = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            for seq in 1..=150u64 {
+                paint_block(&mut frame, video, seq);
+                bus.publish(Arc::new(frame.clone()), &{
+                    let mut d = Damage::new();
+                    d.add(video);
+                    d
+                });
+                tokio::time::sleep(Duration::from_millis(16)).await;
+            }
+        })
+    };
+    let mut log: Vec<ServerMsg> = Vec::new();
+    let deadline = tokio::time::Instant::now() + T;
+    let second_stream = |log: &[ServerMsg]| {
+        log.iter()
+            .filter(|m| matches!(m, ServerMsg::StreamCreate { .. }))
+            .count()
+            >= 2
+    };
+    while !second_stream(&log) && tokio::time::Instant::now() < deadline {
+        let m = c.display.recv(T).await.unwrap();
+        c.surface.apply(&m).unwrap();
+        log.push(m);
+    }
+    pump.abort();
+    let creates: Vec<(usize, u8, Rect)> = log
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| match m {
+            ServerMsg::StreamCreate {
+                codec_type, dest, ..
+            } => Some((i, *codec_type, rect_of(dest))),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        creates.len() >= 2,
+        "no second stream after the encoder failed"
+    );
+    let (first, second) = (creates[0], creates[1]);
+    assert_eq!(first.1, spice_proto::VideoCodec::H264 as u8);
+    assert_eq!(
+        second.1,
+        spice_proto::VideoCodec::Vp8 as u8,
+        "the next codec"
+    );
+    let between = &log[first.0 + 1..second.0];
+    let destroy = between
+        .iter()
+        .position(|m| matches!(m, ServerMsg::StreamDestroy(_)))
+        .expect("STREAM_DESTROY before the next stream");
+    let redrawn = between[destroy..]
+        .iter()
+        .any(|m| matches!(m, ServerMsg::DrawCopy(d) if rect_of(&d.bbox).contains(&first.2)));
+    assert!(
+        redrawn,
+        "the failed stream's area {:?} was not redrawn losslessly",
+        first.2
+    );
+    server.shutdown();
+}
+
+/// When a stream regrows (a moving object leaves its region), the old stream's area is redrawn
+/// losslessly with the new stream, so the client never shows a stale picture of the old one
+/// beside the new stream while the new one's first frame decodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regrown_stream_redraws_the_old_area_losslessly() {
+    let factory = FakeFactory {
+        broken: None,
+        log: Arc::new(Mutex::new(Vec::new())),
+        fails_after: None,
+    };
+    let (server, bus, mut frame, mut c) = stream_rig(factory, 800, 600).await;
+    c.wait_ready(T).await.unwrap();
+    let pump = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            for i in 0..240u32 {
+                let block = Rect::new(40 + i * 2, 200, 200, 150);
+                paint_block(&mut frame, block, u64::from(i) + 1);
+                let mut d = Damage::new();
+                d.add(Rect::new(
+                    block.x.saturating_sub(2),
+                    block.y,
+                    block.w + 2,
+                    block.h,
+                ));
+                bus.publish(Arc::new(frame.clone()), &d);
+                tokio::time::sleep(Duration::from_millis(16)).await;
+            }
+        })
+    };
+    let mut log: Vec<ServerMsg> = Vec::new();
+    let deadline = tokio::time::Instant::now() + T;
+    let creates = |log: &[ServerMsg]| {
+        log.iter()
+            .filter(|m| matches!(m, ServerMsg::StreamCreate { .. }))
+            .count()
+    };
+    while creates(&log) < 2 && tokio::time::Instant::now() < deadline {
+        let m = c.display.recv(T).await.unwrap();
+        c.surface.apply(&m).unwrap();
+        log.push(m);
+    }
+    pump.abort();
+    let idx: Vec<(usize, Rect)> = log
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| match m {
+            ServerMsg::StreamCreate { dest, .. } => Some((i, rect_of(dest))),
+            _ => None,
+        })
+        .collect();
+    assert!(idx.len() >= 2, "the stream never regrew");
+    let (old, new) = (idx[0], idx[1]);
+    assert_ne!(old.1, new.1, "a regrow changes the region");
+    let between = &log[old.0 + 1..new.0];
+    let destroy = between
+        .iter()
+        .position(|m| matches!(m, ServerMsg::StreamDestroy(_)))
+        .expect("the old stream is destroyed");
+    let redrawn = between[destroy..]
+        .iter()
+        .any(|m| matches!(m, ServerMsg::DrawCopy(d) if rect_of(&d.bbox).contains(&old.1)));
+    assert!(
+        redrawn,
+        "the old stream's area {:?} was not redrawn before the new stream",
+        old.1
+    );
     server.shutdown();
 }

@@ -92,6 +92,25 @@ impl Frame {
         u32::from_le_bytes([self.data[o], self.data[o + 1], self.data[o + 2], 0])
     }
 
+    /// Copy the pixels of `rect` (clamped to both frames) from `src`, which has the same size,
+    /// into the same place of `self`. Returns the bytes copied (0 when the sizes differ or
+    /// nothing is left of `rect`).
+    pub fn copy_rect_from(&mut self, src: &Frame, rect: Rect) -> usize {
+        if (src.width, src.height) != (self.width, self.height) {
+            return 0;
+        }
+        let Some(r) = rect.clamp_to(self.width, self.height) else {
+            return 0;
+        };
+        let row = r.w as usize * BYTES_PER_PIXEL;
+        for y in r.y as usize..r.bottom() as usize {
+            let s = y * src.stride + r.x as usize * BYTES_PER_PIXEL;
+            let d = y * self.stride + r.x as usize * BYTES_PER_PIXEL;
+            self.data[d..d + row].copy_from_slice(&src.data[s..s + row]);
+        }
+        row * r.h as usize
+    }
+
     /// Copy the pixels of `rect` (clamped to the frame) out as tightly packed BGRx rows.
     /// Returns the clamped rectangle with its pixels; `None` when nothing is left.
     pub fn extract(&self, rect: Rect) -> Option<(Rect, Vec<u8>)> {
@@ -109,6 +128,32 @@ impl Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_rect_from_copies_only_the_rect() {
+        let mut src = Frame::new(4, 3);
+        src.data
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = i as u8);
+        let mut dst = Frame::new(4, 3);
+        assert_eq!(dst.copy_rect_from(&src, Rect::new(1, 1, 2, 5)), 2 * 2 * 4);
+        for y in 0..3 {
+            for x in 0..4 {
+                let want = if (1..3).contains(&x) && y >= 1 {
+                    src.pixel(x, y)
+                } else {
+                    0
+                };
+                assert_eq!(dst.pixel(x, y), want, "({x}, {y})");
+            }
+        }
+        assert_eq!(
+            dst.copy_rect_from(&Frame::new(2, 2), Rect::new(0, 0, 1, 1)),
+            0
+        );
+        assert_eq!(dst.copy_rect_from(&src, Rect::new(9, 9, 1, 1)), 0);
+    }
 
     #[test]
     fn extract_clamps_and_packs_rows() {

@@ -5,17 +5,19 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use scanoutd_engine::{tier_kbps, EncodeHub, Member, MemberEvent, Region};
 use scanoutd_ring::{FrameBus, Update};
-use scanoutd_types::{unix_ms, Codec, Frame, Rect, VideoEncoder};
+use scanoutd_types::{unix_ms, Codec, Frame, Rect};
 use spice_proto::consts::{
     DISPLAY_CAP_LZ4_COMPRESSION, DISPLAY_CAP_STREAM_REPORT, ROPD_OP_PUT, STREAM_FLAG_TOP_DOWN,
     SURFACE_FLAG_PRIMARY, SURFACE_FMT_32_XRGB,
 };
 use spice_proto::{Caps, ClientMsg, Clip, DrawCopy, Head, Image, LinkMess, ServerMsg, SpiceRect};
+use tokio::sync::watch;
 
 use crate::conn::Conn;
 use crate::rate::RateControl;
-use crate::stream::{codec_candidates, spice_codec, StreamAction, StreamPolicy};
+use crate::stream::{codec_candidates, spice_codec};
 use crate::{ClientStats, Compression, ServerError, Session, SpiceServer};
 
 /// SpiceImageCompression OFF, as sent in PREFERRED_COMPRESSION.
@@ -61,16 +63,18 @@ fn spice_rect(r: Rect) -> SpiceRect {
     }
 }
 
+/// This client's stream: its SPICE stream id and its place on the display's shared encoder.
 struct Stream {
     id: u32,
     rect: Rect,
     codec: Codec,
-    /// `None` only while the encoder is out on a blocking thread.
-    encoder: Option<Box<dyn VideoEncoder>>,
-    /// The next frame must be a keyframe (a new stream, or the decoder lost its reference).
-    need_key: bool,
-    encoder_kbps: u32,
+    member: Member,
+    /// When the member last changed tiers.
+    tier_since: Instant,
 }
+
+/// How long a client stays in a tier before it may move up again (down is at once).
+const TIER_UP_HOLD: Duration = Duration::from_secs(3);
 
 struct Display<'a> {
     server: &'a Arc<SpiceServer>,
@@ -78,13 +82,17 @@ struct Display<'a> {
     /// Which display (channel id) this is, and its frames.
     id: u8,
     bus: &'a FrameBus,
+    /// The display's encoding stage: its stream region and shared encoders.
+    hub: Arc<EncodeHub>,
+    region: watch::Receiver<Region>,
     stats: Arc<ClientStats>,
     client_caps: Caps,
     lz4: bool,
     reports: bool,
     surface: Option<(u32, u32)>,
-    policy: StreamPolicy,
     stream: Option<Stream>,
+    /// No codec works for this client: everything goes as drawables.
+    drawables_only: bool,
     next_stream_id: u32,
     client_pref: Vec<u8>,
     failed: Vec<Codec>,
@@ -93,6 +101,14 @@ struct Display<'a> {
     /// The bus's publish count and when it was read: the rate the source really produces
     /// (independent of what this client takes) sets the stream's quality ceiling.
     published_at: (u64, Instant),
+}
+
+/// The next event of `stream`'s member; never, without a stream.
+async fn next_encoded(stream: &Option<Stream>) -> MemberEvent {
+    match stream {
+        Some(st) => st.member.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 pub(crate) async fn run(
@@ -111,19 +127,23 @@ pub(crate) async fn run(
         return Err(ServerError::Config(format!("no display {id}")));
     };
     let now = Instant::now();
+    let hub = Arc::clone(&server.hubs[usize::from(id)]);
+    let region = hub.region();
     let mut d = Display {
         server,
         session,
         id,
         bus: &source.bus,
+        hub,
+        region,
         stats: Arc::clone(stats),
         lz4: client_caps.has(DISPLAY_CAP_LZ4_COMPRESSION)
             && server.cfg.compression == Compression::Auto,
         reports: client_caps.has(DISPLAY_CAP_STREAM_REPORT),
         client_caps,
         surface: None,
-        policy: StreamPolicy::new(server.cfg.stream_mode, server.cfg.stream_tuning),
         stream: None,
+        drawables_only: false,
         next_stream_id: 0,
         client_pref: Vec::new(),
         failed: Vec::new(),
@@ -140,14 +160,25 @@ pub(crate) async fn run(
                 d.on_message(conn, msg).await?;
             }
             // While a stream runs, the client's budget decides when it may take a frame;
-            // frames published meanwhile are merged (dropped before any encoding).
+            // frames published meanwhile are merged (dropped before any encoding), encoded
+            // frames wait in the member's short queue (the hub resyncs it with a keyframe
+            // when it overflows).
             let paced = d.stream.is_some() && !d.rate.may_send(Instant::now());
             let wake = tokio::time::Instant::from_std(d.rate.next_send());
             tokio::select! {
+                biased;
                 _ = session.cancel.cancelled() => return Ok(()),
                 r = conn.read_more() => if !r? { return Ok(()) },
+                r = d.region.changed() => {
+                    if r.is_err() {
+                        tracing::info!(peer = %conn.peer, display = id, "the display's encoding stage ended");
+                        return Ok(());
+                    }
+                    d.on_region(conn).await?;
+                }
                 _ = tick.tick() => d.on_tick(conn).await?,
                 _ = tokio::time::sleep_until(wake), if paced => {}
+                ev = next_encoded(&d.stream), if !paced => d.on_encoded(conn, ev).await?,
                 u = sub.next(), if !paced => {
                     let Some(u) = u else {
                         tracing::info!(peer = %conn.peer, display = id, "the display source ended");
@@ -193,7 +224,8 @@ impl Display<'_> {
                     self.failed.push(codec);
                     self.end_stream(conn, true);
                     self.start_stream(conn, rect).await;
-                    conn.flush().await?;
+                    let capture_ms = self.bus.latest().map_or(0, |f| f.capture_ms);
+                    self.send(conn, 0, capture_ms, None).await?;
                 } else {
                     tracing::trace!(peer = %conn.peer, "stream report: {r:?}");
                     let mjpeg = st.codec == Codec::Mjpeg;
@@ -218,7 +250,7 @@ impl Display<'_> {
                         r.num_drops,
                         r.last_frame_delay,
                     ) {
-                        self.apply_bitrate(conn);
+                        self.apply_bitrate(conn).await;
                     }
                 }
             }
@@ -227,19 +259,46 @@ impl Display<'_> {
         Ok(())
     }
 
-    fn apply_bitrate(&mut self, conn: &Conn) {
+    /// The bitrate this client's stream should run at: its rate target's tier (shared
+    /// encoders run at discrete bitrates; the top one is the stream's quality ceiling), scaled
+    /// up as the encoder bitrate is when the frame rate is lowered.
+    fn wanted_tier_kbps(&self) -> u32 {
+        let limits = self.server.cfg.rate;
+        let effective = self.rate.target_kbps().max(1);
+        let tier = tier_kbps(
+            effective,
+            self.rate.quality_max_kbps(),
+            limits.max_kbps,
+            limits.min_kbps,
+        );
+        let scale = f64::from(self.rate.encoder_kbps()) / f64::from(effective);
+        (f64::from(tier) * scale.max(1.0)).round() as u32
+    }
+
+    async fn apply_bitrate(&mut self, conn: &Conn) {
         self.stats
             .bitrate_kbps
             .store(u64::from(self.rate.target_kbps()), Relaxed);
-        let kbps = self.rate.encoder_kbps();
-        if let Some(st) = &mut self.stream {
-            if st.encoder_kbps != kbps {
-                if let Some(enc) = &mut st.encoder {
-                    match enc.set_bitrate(kbps) {
-                        Ok(()) => st.encoder_kbps = kbps,
-                        Err(e) => tracing::warn!(peer = %conn.peer, "setting the bitrate: {e}"),
-                    }
-                }
+        let want = self.wanted_tier_kbps();
+        let fps = self.rate.frame_rate();
+        let Some(st) = &mut self.stream else { return };
+        st.member.set_frame_rate(fps);
+        let have = st.member.kbps();
+        let now = Instant::now();
+        if want == have || (want > have && now.duration_since(st.tier_since) < TIER_UP_HOLD) {
+            return;
+        }
+        // Another tier: the same SPICE stream continues from the other encoder's next
+        // keyframe (forced for a new member).
+        match self.hub.join(st.codec, st.rect, want).await {
+            Ok(m) => {
+                tracing::debug!(peer = %conn.peer, display = self.id, "stream moves from the {have} to the {want} kbit/s tier ({} clients there)", m.members());
+                m.set_frame_rate(fps);
+                st.member = m;
+                st.tier_since = now;
+            }
+            Err(e) => {
+                tracing::warn!(peer = %conn.peer, "cannot move to the {want} kbit/s tier: {e}")
             }
         }
     }
@@ -255,12 +314,30 @@ impl Display<'_> {
             self.published_at = (published, now);
         }
         if self.rate.on_tick(now) {
-            self.apply_bitrate(conn);
+            self.apply_bitrate(conn).await;
         }
-        if let StreamAction::Stop(rect) = self.policy.on_tick(now) {
-            tracing::debug!(peer = %conn.peer, "motion stopped in {rect:?}: ending the stream");
+        Ok(())
+    }
+
+    /// The display's stream region changed (decided by the encoding stage from the source):
+    /// follow it. A stream that ends or moves has its area redrawn losslessly with the change.
+    async fn on_region(&mut self, conn: &mut Conn) -> Result<(), ServerError> {
+        let region = *self.region.borrow_and_update();
+        let current = self.stream.as_ref().map(|s| s.rect);
+        if self.surface.is_none() || current == region.rect {
+            return Ok(());
+        }
+        let had = self.stream.is_some();
+        if had {
+            tracing::debug!(peer = %conn.peer, display = self.id, "stream region {current:?} -> {:?}", region.rect);
             self.end_stream(conn, true);
-            conn.flush().await?;
+        }
+        if let Some(rect) = region.rect {
+            self.start_stream(conn, rect).await;
+        }
+        if had || self.stream.is_some() {
+            let capture_ms = self.bus.latest().map_or(0, |f| f.capture_ms);
+            self.send(conn, 0, capture_ms, None).await?;
         }
         Ok(())
     }
@@ -310,7 +387,6 @@ impl Display<'_> {
         });
         conn.queue(&ServerMsg::Mark);
         self.surface = Some((w, h));
-        self.policy.reset(w, h);
     }
 
     /// Codecs to try for this client, best first, without those that failed.
@@ -327,12 +403,21 @@ impl Display<'_> {
         codec_candidates(&order, &self.client_caps, &self.client_pref)
     }
 
-    /// Start a stream over `rect`, trying codecs in order. Falls back to drawables for good
-    /// when none works for this client.
+    /// Start a stream over `rect` on the display's shared encoder of this client's codec and
+    /// tier, trying codecs in order. Falls back to drawables for good when none works for this
+    /// client.
     async fn start_stream(&mut self, conn: &mut Conn, rect: Rect) {
+        if self.drawables_only || rect.w == 0 || rect.h == 0 {
+            return;
+        }
+        if let Some((w, h)) = self.surface {
+            if rect.right() > w || rect.bottom() > h {
+                return; // a region of an earlier surface
+            }
+        }
         for codec in self.candidates() {
             // The stream's size sets its quality ceiling (and how far the frame rate may be
-            // lowered to keep frames readable) before the encoder gets its bitrate.
+            // lowered to keep frames readable) before the tier is chosen.
             let factor = if codec == Codec::Mjpeg {
                 crate::MJPEG_BPP_FACTOR
             } else {
@@ -343,28 +428,17 @@ impl Display<'_> {
                 rect.h,
                 self.server.cfg.stream_max_bits_per_pixel * factor,
             );
-            let factory = Arc::clone(&self.server.encoders);
-            let (w, h, fps, kbps) = (
-                rect.w,
-                rect.h,
-                self.server.cfg.source_fps,
-                self.rate.encoder_kbps(),
-            );
-            let made =
-                tokio::task::spawn_blocking(move || factory.create(codec, w, h, fps, kbps)).await;
-            let encoder = match made {
-                Ok(Ok(e)) => e,
-                Ok(Err(e)) => {
+            let kbps = self.wanted_tier_kbps();
+            let member = match self.hub.join(codec, rect, kbps).await {
+                Ok(m) => m,
+                Err(e) => {
                     tracing::warn!(peer = %conn.peer, "cannot start a {codec} encoder: {e}; trying the next codec");
                     self.failed.push(codec);
                     continue;
                 }
-                Err(e) => {
-                    tracing::error!(peer = %conn.peer, "encoder start-up task failed: {e}");
-                    self.failed.push(codec);
-                    continue;
-                }
             };
+            member.set_frame_rate(self.rate.frame_rate());
+            let (w, h) = (rect.w, rect.h);
             let id = self.next_stream_id;
             self.next_stream_id = (id + 1) % 64;
             conn.queue(&ServerMsg::StreamCreate {
@@ -388,21 +462,20 @@ impl Display<'_> {
                     timeout_ms: REPORT_TIMEOUT_MS,
                 });
             }
-            tracing::info!(peer = %conn.peer, display = self.id, "streaming {rect:?} as {codec} ({}) at {} kbit/s", encoder.name(), self.rate.target_kbps());
+            tracing::info!(peer = %conn.peer, display = self.id, "streaming {rect:?} as {codec} ({}) at {} kbit/s, a tier of {} kbit/s shared by {} client(s)", member.encoder_name(), self.rate.target_kbps(), member.kbps(), member.members());
             self.stats.set_stream(Some(codec), self.rate.target_kbps());
             self.stream = Some(Stream {
                 id,
                 rect,
                 codec,
-                encoder: Some(encoder),
-                need_key: true,
-                encoder_kbps: kbps,
+                member,
+                tier_since: Instant::now(),
             });
             return;
         }
         tracing::info!(peer = %conn.peer, "no video codec works for this client; sending drawables only");
         self.rate.set_stream_size(0, 0);
-        self.policy.disable();
+        self.drawables_only = true;
     }
 
     /// Destroy the stream; with `lossless`, redraw its area from the newest frame so text is
@@ -431,19 +504,14 @@ impl Display<'_> {
             self.create_surface(conn, &frame);
             // Release the ring slot before the (possibly slow) network write.
             drop(frame);
-            self.send(conn, coalesced, capture_ms, None).await?;
-            return Ok(());
-        }
-        match self.policy.on_update(Instant::now(), &damage) {
-            StreamAction::Start(rect) => self.start_stream(conn, rect).await,
-            StreamAction::Regrow(rect) => {
-                // Redraw the old stream's area losslessly with the new stream: a client shows
-                // the new stream only once its first frame decodes, and would show stale
-                // pictures of the old one until then.
-                self.end_stream(conn, true);
+            // A client that arrives while the display streams joins the stream at once (its
+            // first frame is a keyframe).
+            let region = *self.region.borrow_and_update();
+            if let Some(rect) = region.rect {
                 self.start_stream(conn, rect).await;
             }
-            StreamAction::Stop(_) | StreamAction::None => {}
+            self.send(conn, coalesced, capture_ms, None).await?;
+            return Ok(());
         }
         let stream_rect = self.stream.as_ref().map(|s| s.rect);
         for r in damage.rects() {
@@ -455,63 +523,36 @@ impl Display<'_> {
                 self.queue_draw(conn, &frame, p);
             }
         }
-        let mut encoded = None;
-        if let Some(sr) = stream_rect {
-            if damage.rects().iter().any(|r| r.intersect(&sr).is_some()) {
-                encoded = self.encode(conn, frame, sr).await;
-            }
-        }
-        self.send(conn, coalesced, capture_ms, encoded).await
+        drop(frame);
+        self.send(conn, coalesced, capture_ms, None).await
     }
 
-    /// Encode the stream area of `frame` and queue it as STREAM_DATA. Returns the frame size.
-    async fn encode(&mut self, conn: &mut Conn, frame: Arc<Frame>, rect: Rect) -> Option<usize> {
-        let st = self.stream.as_mut()?;
-        // Copy the stream area out and release the ring slot before encoding.
-        let (r, px) = frame.extract(rect)?;
-        self.stats.copy_bytes.fetch_add(px.len() as u64, Relaxed);
-        let (capture_ms, seq) = (frame.capture_ms, frame.seq);
-        drop(frame);
-        let mut encoder = st.encoder.take()?;
-        let force = st.need_key;
-        let res = tokio::task::spawn_blocking(move || {
-            let out = encoder.encode(&px, r.w as usize * 4, capture_ms, force);
-            (encoder, out)
-        })
-        .await;
-        let (encoder, result) = match res {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(peer = %conn.peer, "encoder task failed: {e}");
-                self.stream = None;
-                return None;
-            }
+    /// An encoded frame of this client's stream (from the shared encoder): queue it as
+    /// STREAM_DATA and send it. A failed encoder gets a lossless redraw and the next codec.
+    async fn on_encoded(&mut self, conn: &mut Conn, ev: MemberEvent) -> Result<(), ServerError> {
+        let Some(st) = &self.stream else {
+            return Ok(());
         };
-        let st = self.stream.as_mut()?;
-        st.encoder = Some(encoder);
-        match result {
-            Ok(Some(ef)) => {
-                st.need_key = false;
-                let mm = self.server.capture_mm_time(capture_ms);
+        match ev {
+            MemberEvent::Frame(f) => {
+                let mm = self.server.capture_mm_time(f.capture_ms);
                 let before = conn.out_len();
-                ServerMsg::encode_stream_data(st.id, mm, &ef.data, conn.out());
+                ServerMsg::encode_stream_data(st.id, mm, &f.data, conn.out());
+                let bytes = conn.out_len() - before;
                 self.stats.frames_encoded.fetch_add(1, Relaxed);
                 self.stats
                     .encode_ms
-                    .observe(ef.encode_time.as_secs_f64() * 1000.0);
-                Some(conn.out_len() - before)
+                    .observe(f.encode_time.as_secs_f64() * 1000.0);
+                self.send(conn, 0, f.capture_ms, Some(bytes)).await
             }
-            Ok(None) => {
-                tracing::debug!(peer = %conn.peer, "the encoder produced nothing for frame {seq}");
-                None
-            }
-            Err(e) => {
+            MemberEvent::Failed(e) => {
                 let (codec, rect) = (st.codec, st.rect);
                 tracing::warn!(peer = %conn.peer, "{codec} encoder failed: {e}; falling back");
                 self.failed.push(codec);
                 self.end_stream(conn, true);
                 self.start_stream(conn, rect).await;
-                None
+                let capture_ms = self.bus.latest().map_or(0, |f| f.capture_ms);
+                self.send(conn, 0, capture_ms, None).await
             }
         }
     }
@@ -546,7 +587,7 @@ impl Display<'_> {
                 self.rate.target_kbps(),
                 self.rate.frame_rate()
             );
-            self.apply_bitrate(conn);
+            self.apply_bitrate(conn).await;
         }
         Ok(())
     }

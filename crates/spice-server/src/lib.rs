@@ -21,8 +21,8 @@ mod cursor;
 mod display;
 mod link;
 mod metrics;
-pub mod rate;
 pub mod stream;
+pub use scanoutd_engine::rate;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,7 +41,7 @@ use tokio_util::task::TaskTracker;
 pub use auth::{Ticketing, MAX_PASSWORD_LEN};
 pub use metrics::{write_family, ClientStats, Histogram, MetricKind, Metrics};
 pub use rate::RateLimits;
-pub use stream::{StreamMode, StreamTuning};
+pub use scanoutd_engine::{EncodeHub, HubStats, StreamMode, StreamTuning};
 
 /// The most displays one server serves ([`SpiceServer::with_displays`]).
 pub const MAX_DISPLAYS: usize = 16;
@@ -209,6 +209,8 @@ pub struct SpiceServer {
     pub(crate) displays: Vec<DisplaySource>,
     pub(crate) input: Arc<dyn InputSink>,
     pub(crate) encoders: Arc<dyn EncoderFactory>,
+    /// The encoding stage of each display (its stream region and shared encoders).
+    pub(crate) hubs: Vec<Arc<EncodeHub>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) keys: Arc<auth::KeyPool>,
     pub(crate) sessions: Mutex<HashMap<u32, Arc<Session>>>,
@@ -279,10 +281,24 @@ impl SpiceServer {
         encoders: Arc<dyn EncoderFactory>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        let hub_cfg = scanoutd_engine::HubConfig {
+            stream_mode: if cfg.codecs.is_empty() {
+                StreamMode::Off
+            } else {
+                cfg.stream_mode
+            },
+            tuning: cfg.stream_tuning,
+            source_fps: cfg.source_fps,
+        };
+        let hubs = displays
+            .iter()
+            .map(|d| EncodeHub::start(d.bus.clone(), Arc::clone(&encoders), hub_cfg))
+            .collect();
         Arc::new(SpiceServer {
             cfg,
             displays,
             input,
+            hubs,
             encoders,
             metrics,
             keys: auth::KeyPool::start(4),
@@ -347,6 +363,15 @@ impl SpiceServer {
     /// Stop accepting and close every connection.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
+        for h in &self.hubs {
+            h.close();
+        }
+    }
+
+    /// The encoding stage of display `i` (its counters: encoders made, frames encoded once
+    /// for every client of a tier, keyframes forced, frames members lost).
+    pub fn hub(&self, i: usize) -> Option<&Arc<EncodeHub>> {
+        self.hubs.get(i)
     }
 
     /// After [`SpiceServer::shutdown`]: wait up to `timeout` for every connection task to end.

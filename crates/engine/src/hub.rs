@@ -1,0 +1,497 @@
+//! The shared encoders of one display.
+//!
+//! An [`EncodeHub`] subscribes to its display's frame ring and decides, from the source's own
+//! damage (every frame it publishes, whatever any client takes), which region is a video
+//! stream ([`Region`], a `watch`). Clients that stream it [`EncodeHub::join`] the encoder of
+//! their (codec, rate tier): one encoder per (codec, region, tier) exists while it has members,
+//! and every source frame that touches the region is encoded **once** and handed to all of its
+//! members.
+//!
+//! - An encoder only ever sees frames in order (the hub's own subscriber, newest wins when
+//!   encoding falls behind the source).
+//! - A member that falls behind (its queue of encoded frames is full: its link or its pacing
+//!   cannot take the tier's frames) loses what is queued and waits for the next keyframe, which
+//!   it asks for; keyframes a lagging member asks for are forced at most once per
+//!   [`KEYFRAME_MIN_INTERVAL`] per encoder, one for a new member at once. Nothing a slow member
+//!   does holds the encoder or another member back.
+//! - Memory is bounded: at most [`MEMBER_QUEUE`] encoded frames per member.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use scanoutd_ring::FrameBus;
+use scanoutd_types::{Codec, EncoderFactory, Rect, VideoEncoder};
+use tokio::sync::{watch, Notify};
+
+use crate::policy::{StreamAction, StreamMode, StreamPolicy, StreamTuning};
+
+/// Encoded frames a member may have waiting; one more and it is behind.
+pub const MEMBER_QUEUE: usize = 3;
+/// Keyframes forced for members that fell behind: at most one per this interval per encoder.
+pub const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(500);
+const TICK: Duration = Duration::from_millis(100);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The display's video region, as decided from the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Region {
+    /// The stream's rectangle, `None` while nothing streams.
+    pub rect: Option<Rect>,
+    /// Bumped on every change (a new region, a regrow, a stop, a new surface).
+    pub generation: u64,
+}
+
+/// How the hub decides streams.
+#[derive(Debug, Clone, Copy)]
+pub struct HubConfig {
+    pub stream_mode: StreamMode,
+    pub tuning: StreamTuning,
+    /// The frame rate encoders are created for.
+    pub source_fps: u32,
+}
+
+/// One encoded frame, shared by every member that gets it.
+#[derive(Debug)]
+pub struct Encoded {
+    pub data: Vec<u8>,
+    pub keyframe: bool,
+    /// Capture time of the source frame (Unix ms).
+    pub capture_ms: u64,
+    pub encode_time: Duration,
+    /// The source frame's sequence number.
+    pub frame_seq: u64,
+}
+
+/// What a member gets.
+#[derive(Debug, Clone)]
+pub enum MemberEvent {
+    Frame(Arc<Encoded>),
+    /// The encoder failed (it is gone): stream something else.
+    Failed(String),
+}
+
+/// Counters of a hub.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Encoders created.
+    pub encoders_created: AtomicU64,
+    /// Source frames encoded (once each, whatever the number of members).
+    pub frames_encoded: AtomicU64,
+    /// Keyframes forced (new members, members that fell behind).
+    pub keyframes_forced: AtomicU64,
+    /// Encoded frames a member lost because it was behind.
+    pub member_drops: AtomicU64,
+    /// Pixel bytes copied out of ring slots as encoder input.
+    pub copy_bytes: AtomicU64,
+    /// Encoders alive now.
+    pub live_encoders: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    codec: Codec,
+    rect: Rect,
+    kbps: u32,
+}
+
+struct MemberInner {
+    queue: Mutex<VecDeque<MemberEvent>>,
+    notify: Notify,
+    /// Waiting for a keyframe: frames before it are not delivered.
+    need_key: AtomicBool,
+    /// The shortest interval between frames this member wants, microseconds (0: every
+    /// source frame).
+    interval_us: AtomicU64,
+}
+
+struct Shared {
+    key: Key,
+    name: String,
+    encoder: Mutex<Option<Box<dyn VideoEncoder>>>,
+    members: Mutex<Vec<Weak<MemberInner>>>,
+    /// A keyframe is due (new member, now; lagging member, when the interval allows).
+    join_key: AtomicBool,
+    lag_key: AtomicBool,
+    last_key: Mutex<Option<Instant>>,
+    /// When the last frame was submitted.
+    last_encode: Mutex<Option<Instant>>,
+    failed: AtomicBool,
+}
+
+impl Shared {
+    /// Whether a frame is due at `now`: the fastest member's interval has passed.
+    fn frame_due(&self, now: Instant) -> bool {
+        let min_us = self
+            .live_members()
+            .iter()
+            .map(|m| m.interval_us.load(Relaxed))
+            .min()
+            .unwrap_or(0);
+        lock(&self.last_encode).is_none_or(|t| {
+            now.duration_since(t) + Duration::from_millis(2) >= Duration::from_micros(min_us)
+        })
+    }
+
+    fn live_members(&self) -> Vec<Arc<MemberInner>> {
+        let mut m = lock(&self.members);
+        m.retain(|w| w.strong_count() > 0);
+        m.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Hand `ev` to every member; a member whose queue is full loses it all and waits for
+    /// a keyframe.
+    fn deliver(&self, ev: &MemberEvent, stats: &HubStats) {
+        for m in self.live_members() {
+            let mut q = lock(&m.queue);
+            match ev {
+                MemberEvent::Frame(f) => {
+                    if m.need_key.load(Relaxed) {
+                        if !f.keyframe {
+                            continue;
+                        }
+                        m.need_key.store(false, Relaxed);
+                    }
+                    if q.len() >= MEMBER_QUEUE {
+                        stats.member_drops.fetch_add(q.len() as u64 + 1, Relaxed);
+                        q.clear();
+                        m.need_key.store(true, Relaxed);
+                        self.lag_key.store(true, Relaxed);
+                        continue;
+                    }
+                    q.push_back(ev.clone());
+                }
+                MemberEvent::Failed(_) => {
+                    q.clear();
+                    q.push_back(ev.clone());
+                }
+            }
+            drop(q);
+            m.notify.notify_one();
+        }
+    }
+}
+
+/// A client's place on a shared encoder. Dropping it leaves; the encoder ends with its last
+/// member.
+pub struct Member {
+    inner: Arc<MemberInner>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("codec", &self.shared.key.codec)
+            .field("rect", &self.shared.key.rect)
+            .field("kbps", &self.shared.key.kbps)
+            .finish()
+    }
+}
+
+impl Member {
+    pub fn codec(&self) -> Codec {
+        self.shared.key.codec
+    }
+
+    pub fn rect(&self) -> Rect {
+        self.shared.key.rect
+    }
+
+    /// The tier's bitrate.
+    pub fn kbps(&self) -> u32 {
+        self.shared.key.kbps
+    }
+
+    /// The encoder implementation (e.g. "x264enc").
+    pub fn encoder_name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// How many members the encoder has, this one included.
+    pub fn members(&self) -> usize {
+        self.shared.live_members().len()
+    }
+
+    /// The next encoded frame (or the encoder's failure), without waiting.
+    pub fn try_next(&self) -> Option<MemberEvent> {
+        lock(&self.inner.queue).pop_front()
+    }
+
+    /// Wait for the next encoded frame or the encoder's failure.
+    pub async fn next(&self) -> MemberEvent {
+        loop {
+            let notified = self.inner.notify.notified();
+            if let Some(ev) = self.try_next() {
+                return ev;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether something is waiting.
+    pub fn has_pending(&self) -> bool {
+        !lock(&self.inner.queue).is_empty()
+    }
+
+    /// The frame rate this member can take (its rate control lowers it on a slow link): the
+    /// encoder runs at its fastest member's rate.
+    pub fn set_frame_rate(&self, fps: f64) {
+        let us = if fps.is_finite() && fps > 0.0 {
+            (1e6 / fps) as u64
+        } else {
+            0
+        };
+        self.inner.interval_us.store(us, Relaxed);
+    }
+
+    /// This client could not send what it got (or lost a frame): drop what is queued and
+    /// wait for a keyframe, which is asked for.
+    pub fn resync(&self) {
+        lock(&self.inner.queue).clear();
+        self.inner.need_key.store(true, Relaxed);
+        self.shared.lag_key.store(true, Relaxed);
+    }
+}
+
+/// The shared encoders and the stream region of one display.
+pub struct EncodeHub {
+    factory: Arc<dyn EncoderFactory>,
+    cfg: HubConfig,
+    encoders: Mutex<Vec<Arc<Shared>>>,
+    /// Serializes joins, so two clients joining at once share one new encoder.
+    join_lock: tokio::sync::Mutex<()>,
+    region: watch::Sender<Region>,
+    closed: Notify,
+    stats: HubStats,
+}
+
+impl EncodeHub {
+    /// A hub for the display fed by `bus`, with its task running on the current tokio runtime
+    /// until the bus closes or [`EncodeHub::close`].
+    pub fn start(bus: FrameBus, factory: Arc<dyn EncoderFactory>, cfg: HubConfig) -> Arc<Self> {
+        let hub = Arc::new(EncodeHub {
+            factory,
+            cfg,
+            encoders: Mutex::new(Vec::new()),
+            join_lock: tokio::sync::Mutex::new(()),
+            region: watch::channel(Region::default()).0,
+            closed: Notify::new(),
+            stats: HubStats::default(),
+        });
+        let weak = Arc::downgrade(&hub);
+        let sub = bus.subscribe();
+        tokio::spawn(run(weak, sub, cfg));
+        hub
+    }
+
+    /// The display's stream region.
+    pub fn region(&self) -> watch::Receiver<Region> {
+        self.region.subscribe()
+    }
+
+    pub fn stats(&self) -> &HubStats {
+        &self.stats
+    }
+
+    /// Stop the hub's task.
+    pub fn close(&self) {
+        self.closed.notify_one();
+    }
+
+    /// Join the encoder of (`codec`, `rect`, `kbps`), creating it when there is none. The
+    /// member's first frame is a keyframe, forced now.
+    pub async fn join(&self, codec: Codec, rect: Rect, kbps: u32) -> Result<Member, String> {
+        let _serial = self.join_lock.lock().await;
+        let key = Key { codec, rect, kbps };
+        let existing = lock(&self.encoders)
+            .iter()
+            .find(|s| s.key == key && !s.failed.load(Relaxed))
+            .cloned();
+        let shared = match existing {
+            Some(s) => s,
+            None => {
+                let factory = Arc::clone(&self.factory);
+                let fps = self.cfg.source_fps;
+                let made = tokio::task::spawn_blocking(move || {
+                    factory.create(codec, rect.w, rect.h, fps, kbps)
+                })
+                .await
+                .map_err(|e| format!("encoder start-up task failed: {e}"))?
+                .map_err(|e| e.0)?;
+                let s = Arc::new(Shared {
+                    key,
+                    name: made.name().to_string(),
+                    encoder: Mutex::new(Some(made)),
+                    members: Mutex::new(Vec::new()),
+                    join_key: AtomicBool::new(true),
+                    lag_key: AtomicBool::new(false),
+                    last_key: Mutex::new(None),
+                    last_encode: Mutex::new(None),
+                    failed: AtomicBool::new(false),
+                });
+                self.stats.encoders_created.fetch_add(1, Relaxed);
+                let mut encs = lock(&self.encoders);
+                encs.retain(|e| !e.live_members().is_empty() || Arc::ptr_eq(e, &s));
+                encs.push(Arc::clone(&s));
+                self.stats.live_encoders.store(encs.len() as u64, Relaxed);
+                tracing::debug!(%codec, ?rect, kbps, encoder = %s.name, "shared encoder created");
+                s
+            }
+        };
+        let inner = Arc::new(MemberInner {
+            queue: Mutex::new(VecDeque::with_capacity(MEMBER_QUEUE)),
+            notify: Notify::new(),
+            need_key: AtomicBool::new(true),
+            interval_us: AtomicU64::new(0),
+        });
+        lock(&shared.members).push(Arc::downgrade(&inner));
+        shared.join_key.store(true, Relaxed);
+        Ok(Member { inner, shared })
+    }
+
+    /// Encoders with members; the others are dropped.
+    fn live_encoders(&self) -> Vec<Arc<Shared>> {
+        let mut encs = lock(&self.encoders);
+        encs.retain(|e| !e.failed.load(Relaxed) && !e.live_members().is_empty());
+        self.stats.live_encoders.store(encs.len() as u64, Relaxed);
+        encs.clone()
+    }
+
+    fn set_region(&self, rect: Option<Rect>) {
+        self.region.send_modify(|r| {
+            r.rect = rect;
+            r.generation += 1;
+        });
+    }
+}
+
+/// Whether `s` must force a keyframe now, and note it.
+fn take_keyframe_due(s: &Shared, now: Instant) -> bool {
+    let mut last = lock(&s.last_key);
+    let join = s.join_key.swap(false, Relaxed);
+    let lag = s.lag_key.load(Relaxed)
+        && last.is_none_or(|t| now.duration_since(t) >= KEYFRAME_MIN_INTERVAL);
+    if join || lag {
+        s.lag_key.store(false, Relaxed);
+        *last = Some(now);
+        return true;
+    }
+    false
+}
+
+async fn run(hub: Weak<EncodeHub>, sub: scanoutd_ring::Subscriber, cfg: HubConfig) {
+    let mut policy = StreamPolicy::new(cfg.stream_mode, cfg.tuning);
+    let mut size = None;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let Some(h) = hub.upgrade() else { return };
+        let update = tokio::select! {
+            _ = h.closed.notified() => return,
+            _ = tick.tick() => {
+                if let StreamAction::Stop(rect) = policy.on_tick(Instant::now()) {
+                    tracing::debug!(?rect, "motion stopped: the stream ends");
+                    h.set_region(None);
+                }
+                continue;
+            }
+            u = sub.next() => u,
+        };
+        let Some(u) = update else { return };
+        let now = Instant::now();
+        let dims = (u.frame.width, u.frame.height);
+        if u.resized || size != Some(dims) {
+            size = Some(dims);
+            policy.reset(dims.0, dims.1);
+            h.set_region(None);
+        }
+        match policy.on_update(now, &u.damage) {
+            StreamAction::Start(r) | StreamAction::Regrow(r) => h.set_region(Some(r)),
+            StreamAction::Stop(_) => h.set_region(None),
+            StreamAction::None => {}
+        }
+        // Encode for every encoder with members whose region changed (or owes a keyframe).
+        let mut jobs = Vec::new();
+        for s in h.live_encoders() {
+            let touched = u
+                .damage
+                .rects()
+                .iter()
+                .any(|r| r.intersect(&s.key.rect).is_some());
+            let key_due = s.join_key.load(Relaxed) || s.lag_key.load(Relaxed);
+            // Only when the region changed, and not faster than the fastest member takes
+            // frames; a keyframe that is owed goes out regardless.
+            let due = key_due || (touched && s.frame_due(now));
+            if !due {
+                continue;
+            }
+            let Some((r, px)) = u.frame.extract(s.key.rect) else {
+                continue;
+            };
+            if r != s.key.rect {
+                continue; // the region no longer fits the surface
+            }
+            h.stats.copy_bytes.fetch_add(px.len() as u64, Relaxed);
+            let force = take_keyframe_due(&s, now);
+            *lock(&s.last_encode) = Some(now);
+            jobs.push((s, px, force));
+        }
+        let (capture_ms, frame_seq) = (u.frame.capture_ms, u.frame.seq);
+        drop(u); // release the ring slot before encoding
+        if jobs.is_empty() {
+            continue;
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for (s, px, force) in jobs {
+            set.spawn_blocking(move || {
+                let out = {
+                    let mut enc = lock(&s.encoder);
+                    enc.as_mut()
+                        .map(|e| e.encode(&px, s.key.rect.w as usize * 4, capture_ms, force))
+                };
+                (s, out, force)
+            });
+        }
+        while let Some(done) = set.join_next().await {
+            let Ok((s, out, force)) = done else {
+                tracing::error!("an encode task failed");
+                continue;
+            };
+            match out {
+                Some(Ok(Some(ef))) => {
+                    h.stats.frames_encoded.fetch_add(1, Relaxed);
+                    if force {
+                        h.stats.keyframes_forced.fetch_add(1, Relaxed);
+                    }
+                    let ev = MemberEvent::Frame(Arc::new(Encoded {
+                        data: ef.data,
+                        keyframe: ef.keyframe || force,
+                        capture_ms,
+                        encode_time: ef.encode_time,
+                        frame_seq,
+                    }));
+                    s.deliver(&ev, &h.stats);
+                }
+                Some(Ok(None)) => {
+                    tracing::debug!(codec = %s.key.codec, "the encoder produced nothing for frame {frame_seq}");
+                    if force {
+                        // The keyframe is still owed.
+                        s.join_key.store(true, Relaxed);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(codec = %s.key.codec, encoder = %s.name, "encoder failed: {}", e.0);
+                    s.failed.store(true, Relaxed);
+                    lock(&s.encoder).take();
+                    s.deliver(&MemberEvent::Failed(e.0), &h.stats);
+                }
+                None => {}
+            }
+        }
+    }
+}

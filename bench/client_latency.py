@@ -208,6 +208,8 @@ def main(argv=None):
                          "give up after S seconds")
     ap.add_argument("--stream-clients", type=int, default=1,
                     help="with --wait-stream: how many clients must be streaming")
+    ap.add_argument("--prefer-codec", action="append", default=[], metavar="CODEC",
+                    help="video codec(s) to prefer (h264, vp8, vp9, h265, mjpeg), in order")
     ap.add_argument("--raw", action="store_true",
                     help="include every first sighting [unix_ms, value, age_ms]")
     a = ap.parse_args(argv)
@@ -219,7 +221,8 @@ def main(argv=None):
     murl = metrics_url(a.metrics)
     result = {"label": a.label, "uri": a.uri, "seconds": a.seconds, "sampling_period_ms":
               a.period * 1000}
-    client = sc.SpiceClient(a.uri, password=a.password, name="bench")
+    client = sc.SpiceClient(a.uri, password=a.password, name="bench",
+                            preferred_codecs=a.prefer_codec)
     try:
         client.connect()
         try:

@@ -147,6 +147,9 @@ def pump(seconds, until=None, tick_ms=2, on_tick=None):
 MOUSE_LEFT, MOUSE_MIDDLE, MOUSE_RIGHT, MOUSE_UP, MOUSE_DOWN = 1, 2, 3, 4, 5
 BUTTON_MASK = {1: 1, 2: 2, 3: 4, 4: 8, 5: 16, 6: 32, 7: 64}
 
+# SpiceVideoCodecType (spice/enums.h), for PREFERRED_VIDEO_CODEC_TYPE.
+VIDEO_CODEC = {"mjpeg": 1, "vp8": 2, "h264": 3, "vp9": 4, "h265": 5}
+
 # SpiceImageCompression (spice/enums.h), for Session "preferred-compression".
 IMAGE_COMPRESSION = {"invalid": 0, "off": 1, "auto_glz": 2, "auto_lz": 3, "quic": 4,
                      "glz": 5, "lz": 6, "lz4": 7}
@@ -194,7 +197,8 @@ class SpiceClient:
 
     def __init__(self, uri=None, host="127.0.0.1", port=None, password=None,
                  preferred_compression=None, name="client", channels=("display", "inputs",
-                                                                        "cursor")):
+                                                                        "cursor"),
+                 preferred_codecs=None):
         S, GObject, _ = spice_gi()
         self._S, self._GObject = S, GObject
         if uri is None:
@@ -204,6 +208,8 @@ class SpiceClient:
         self.uri = uri
         self.name = name
         self.want_channels = set(channels)
+        # e.g. ["vp8", "h264"]: sent as PREFERRED_VIDEO_CODEC_TYPE once a display channel opens
+        self.preferred_codecs = [VIDEO_CODEC[c] for c in (preferred_codecs or [])]
         self.session = S.Session()
         self.session.set_property("uri", uri)
         if password is not None:
@@ -291,6 +297,8 @@ class SpiceClient:
         st.events.append((now, name))
         if event == S.ChannelEvent.OPENED:
             st.opened = True
+            if self.preferred_codecs and isinstance(ch, S.DisplayChannel):
+                ch.change_preferred_video_codec_types(self.preferred_codecs)
         elif event == S.ChannelEvent.CLOSED:
             st.closed = True
         elif event in (S.ChannelEvent.ERROR_AUTH, S.ChannelEvent.ERROR_CONNECT,

@@ -495,3 +495,229 @@ async fn run(hub: Weak<EncodeHub>, sub: scanoutd_ring::Subscriber, cfg: HubConfi
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scanoutd_types::{Damage, EncodedFrame, EncoderError, Frame};
+
+    #[derive(Default)]
+    struct Log {
+        creates: AtomicU64,
+        encodes: AtomicU64,
+        fail_at: AtomicU64,
+    }
+
+    struct Fake {
+        codec: Codec,
+        log: Arc<Log>,
+    }
+
+    impl VideoEncoder for Fake {
+        fn encode(
+            &mut self,
+            bgrx: &[u8],
+            _stride: usize,
+            pts_ms: u64,
+            force_keyframe: bool,
+        ) -> Result<Option<EncodedFrame>, EncoderError> {
+            let n = self.log.encodes.fetch_add(1, Relaxed) + 1;
+            let fail_at = self.log.fail_at.load(Relaxed);
+            if fail_at != 0 && n >= fail_at {
+                return Err(EncoderError("broken".into()));
+            }
+            Ok(Some(EncodedFrame {
+                data: vec![bgrx[0]],
+                keyframe: force_keyframe,
+                pts_ms,
+                encode_time: Duration::from_millis(1),
+            }))
+        }
+        fn set_bitrate(&mut self, _kbps: u32) -> Result<(), EncoderError> {
+            Ok(())
+        }
+        fn codec(&self) -> Codec {
+            self.codec
+        }
+        fn name(&self) -> &str {
+            "fake"
+        }
+    }
+
+    struct Factory(Arc<Log>);
+
+    impl EncoderFactory for Factory {
+        fn codecs(&self) -> Vec<Codec> {
+            Codec::ALL.to_vec()
+        }
+        fn create(
+            &self,
+            codec: Codec,
+            _w: u32,
+            _h: u32,
+            _fps: u32,
+            _kbps: u32,
+        ) -> Result<Box<dyn VideoEncoder>, EncoderError> {
+            self.0.creates.fetch_add(1, Relaxed);
+            Ok(Box::new(Fake {
+                codec,
+                log: Arc::clone(&self.0),
+            }))
+        }
+    }
+
+    const W: u32 = 64;
+    const H: u32 = 32;
+    const ALL: Rect = Rect {
+        x: 0,
+        y: 0,
+        w: W,
+        h: H,
+    };
+
+    fn rig() -> (FrameBus, Arc<EncodeHub>, Arc<Log>) {
+        let bus = FrameBus::new();
+        let log = Arc::new(Log::default());
+        let hub = EncodeHub::start(
+            bus.clone(),
+            Arc::new(Factory(Arc::clone(&log))),
+            HubConfig {
+                stream_mode: StreamMode::FullFrame,
+                tuning: StreamTuning::default(),
+                source_fps: 30,
+            },
+        );
+        (bus, hub, log)
+    }
+
+    /// Publish frame `seq` (its first byte names it) and give the hub a moment.
+    async fn publish(bus: &FrameBus, seq: u8) {
+        let mut f = Frame::new(W, H);
+        f.data[0] = seq;
+        f.seq = u64::from(seq);
+        bus.publish(Arc::new(f), &Damage::full(W, H));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+
+    async fn frames(m: &Member, n: usize) -> Vec<Arc<Encoded>> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match tokio::time::timeout(Duration::from_secs(5), m.next()).await {
+                Ok(MemberEvent::Frame(f)) => out.push(f),
+                Ok(MemberEvent::Failed(e)) => panic!("failed: {e}"),
+                Err(_) => panic!("only {} of {n} frames within 5 s", out.len()),
+            }
+        }
+        out
+    }
+
+    async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what} within 5 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_region_follows_the_source() {
+        let (bus, hub, _) = rig();
+        let mut region = hub.region();
+        publish(&bus, 1).await;
+        wait_until("a region", || region.borrow_and_update().rect == Some(ALL)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_member_of_a_tier_shares_one_encoder_and_each_frame_is_encoded_once() {
+        let (bus, hub, log) = rig();
+        publish(&bus, 1).await;
+        let mut members = Vec::new();
+        for _ in 0..4 {
+            members.push(hub.join(Codec::H264, ALL, 3000).await.unwrap());
+        }
+        assert_eq!(log.creates.load(Relaxed), 1);
+        assert_eq!(members[0].members(), 4);
+        let mut got: Vec<Vec<Arc<Encoded>>> = vec![Vec::new(); members.len()];
+        for seq in 2..=11u8 {
+            publish(&bus, seq).await;
+            for (m, g) in members.iter().zip(&mut got) {
+                g.extend(frames(m, 1).await);
+            }
+        }
+        let mut seen = Vec::new();
+        for g in &got {
+            assert!(g[0].keyframe, "a member's first frame is a keyframe");
+            assert!(g[1..].iter().all(|f| !f.keyframe));
+            seen.push(g.iter().map(|f| f.data[0]).collect::<Vec<_>>());
+        }
+        assert!(seen.iter().all(|s| *s == seen[0]), "{seen:?}");
+        assert_eq!(seen[0], (2..=11).collect::<Vec<u8>>());
+        assert_eq!(log.encodes.load(Relaxed), 10, "each frame encoded once, not per member");
+        assert_eq!(hub.stats().frames_encoded.load(Relaxed), 10);
+        // Another tier, another encoder; the last member gone, the encoder goes.
+        let low = hub.join(Codec::H264, ALL, 1000).await.unwrap();
+        assert_eq!(log.creates.load(Relaxed), 2);
+        drop(members);
+        publish(&bus, 12).await;
+        assert_eq!(frames(&low, 1).await[0].data[0], 12);
+        assert_eq!(hub.stats().live_encoders.load(Relaxed), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_that_falls_behind_waits_for_a_keyframe_and_slows_nobody() {
+        let (bus, hub, _) = rig();
+        publish(&bus, 1).await;
+        let fast = hub.join(Codec::Vp8, ALL, 3000).await.unwrap();
+        let slow = hub.join(Codec::Vp8, ALL, 3000).await.unwrap();
+        let mut fast_seen = Vec::new();
+        for seq in 2..=9u8 {
+            publish(&bus, seq).await;
+            // The fast member reads everything (so the hub has taken each frame before the
+            // next is published); the slow one reads nothing.
+            fast_seen.extend(frames(&fast, 1).await.iter().map(|f| f.data[0]));
+        }
+        assert_eq!(fast_seen, (2..=9).collect::<Vec<u8>>(), "the fast member lost nothing");
+        assert!(hub.stats().member_drops.load(Relaxed) > 0);
+        // The slow member resumes on a keyframe (forced once the interval allows).
+        tokio::time::sleep(KEYFRAME_MIN_INTERVAL).await;
+        let mut keyframes_before = hub.stats().keyframes_forced.load(Relaxed);
+        let mut resumed = None;
+        for seq in 10..=40u8 {
+            publish(&bus, seq).await;
+            fast_seen.extend(frames(&fast, 1).await.iter().map(|f| f.data[0]));
+            if let Some(MemberEvent::Frame(f)) = slow.try_next() {
+                resumed = Some(f);
+                break;
+            }
+        }
+        let f = resumed.expect("the slow member got frames again");
+        assert!(f.keyframe, "after falling behind, a member starts again on a keyframe");
+        keyframes_before = hub.stats().keyframes_forced.load(Relaxed) - keyframes_before;
+        assert!(keyframes_before >= 1);
+        // The fast member's frames stayed in order, none lost.
+        assert!(fast_seen.windows(2).all(|w| w[1] == w[0] + 1), "{fast_seen:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_encoder_tells_its_members_and_is_not_reused() {
+        let (bus, hub, log) = rig();
+        publish(&bus, 1).await;
+        log.fail_at.store(3, Relaxed);
+        let m = hub.join(Codec::H265, ALL, 3000).await.unwrap();
+        let mut failed = None;
+        for seq in 2..=8u8 {
+            publish(&bus, seq).await;
+            while let Some(ev) = m.try_next() {
+                if let MemberEvent::Failed(e) = ev {
+                    failed = Some(e);
+                }
+            }
+        }
+        assert_eq!(failed.as_deref(), Some("broken"));
+        log.fail_at.store(0, Relaxed);
+        let again = hub.join(Codec::H265, ALL, 3000).await.unwrap();
+        assert_eq!(log.creates.load(Relaxed), 2, "a new encoder, not the failed one");
+        publish(&bus, 9).await;
+        assert_eq!(frames(&again, 1).await[0].data[0], 9);
+    }
+}

@@ -558,6 +558,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let server = SpiceServer::with_displays(cfg, sources, input, encoders, Arc::clone(&metrics))
         .context("the displays")?;
 
+    source_metrics.push(Arc::new(source_metrics::StageMetrics(Arc::clone(&server))));
     let http = match args.metrics {
         Some(addr) => {
             let l = TcpListener::bind(addr)

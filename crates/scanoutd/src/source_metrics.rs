@@ -244,6 +244,72 @@ impl MetricsSource for QemuMetrics {
     }
 }
 
+/// The encoding stage of each display: shared encoders and what they did.
+pub struct StageMetrics(pub Arc<spice_server::SpiceServer>);
+
+impl MetricsSource for StageMetrics {
+    fn render(&self, out: &mut String) {
+        let n = self.0.displays();
+        let hubs: Vec<_> = (0..n).filter_map(|i| self.0.hub(i).map(|h| (i, h))).collect();
+        let label = |i: usize| {
+            if n > 1 {
+                format!("display=\"{i}\"")
+            } else {
+                String::new()
+            }
+        };
+        use std::sync::atomic::Ordering::Relaxed;
+        type Get = fn(&spice_server::HubStats) -> u64;
+        let families: [(&str, MetricKind, &str, Get); 6] = [
+            (
+                "scanoutd_stream_encoders",
+                MetricKind::Gauge,
+                "Shared video encoders running now (one per codec, region and rate tier, whatever the number of clients on it).",
+                |s| s.live_encoders.load(Relaxed),
+            ),
+            (
+                "scanoutd_stream_encoders_created_total",
+                MetricKind::Counter,
+                "Shared video encoders created.",
+                |s| s.encoders_created.load(Relaxed),
+            ),
+            (
+                "scanoutd_stream_frames_encoded_total",
+                MetricKind::Counter,
+                "Source frames encoded by the shared encoders (once per encoder, not per client).",
+                |s| s.frames_encoded.load(Relaxed),
+            ),
+            (
+                "scanoutd_stream_keyframes_forced_total",
+                MetricKind::Counter,
+                "Keyframes forced: a client joined a running encoder, or one fell behind.",
+                |s| s.keyframes_forced.load(Relaxed),
+            ),
+            (
+                "scanoutd_stream_member_drops_total",
+                MetricKind::Counter,
+                "Encoded frames a client lost because it was behind (it waited for a keyframe).",
+                |s| s.member_drops.load(Relaxed),
+            ),
+            (
+                "scanoutd_stream_copy_bytes_total",
+                MetricKind::Counter,
+                "Pixel bytes copied out of the frame ring as encoder input (once per encoded frame, not per client).",
+                |s| s.copy_bytes.load(Relaxed),
+            ),
+        ];
+        for (name, kind, help, get) in families {
+            write_family(
+                out,
+                name,
+                kind,
+                help,
+                hubs.iter().map(|(i, h)| (label(*i), get(h.stats()))),
+            );
+        }
+    }
+}
+
 /// The GPU worker's metrics (the GPU path for GL guests).
 pub struct GpuMetrics(pub Arc<dyn Fn() -> WorkerStats + Send + Sync>);
 

@@ -210,6 +210,18 @@ impl Display<'_> {
             ClientMsg::PreferredVideoCodecType(list) => {
                 tracing::info!(peer = %conn.peer, "client prefers video codecs {list:?}");
                 self.client_pref = list;
+                // A running stream in a codec the client now ranks lower is restarted in the
+                // one it prefers (on that codec's shared encoder).
+                let best = self.candidates().first().copied();
+                if let (Some(st), Some(best)) = (&self.stream, best) {
+                    if st.codec != best {
+                        let rect = st.rect;
+                        self.end_stream(conn, true);
+                        self.start_stream(conn, rect).await;
+                        let capture_ms = self.bus.latest().map_or(0, |f| f.capture_ms);
+                        self.send(conn, 0, capture_ms, None).await?;
+                    }
+                }
             }
             ClientMsg::StreamReport(r) => {
                 let Some(st) = &self.stream else {
@@ -294,6 +306,7 @@ impl Display<'_> {
             Ok(m) => {
                 tracing::debug!(peer = %conn.peer, display = self.id, "stream moves from the {have} to the {want} kbit/s tier ({} clients there)", m.members());
                 m.set_frame_rate(fps);
+                self.stats.tier_kbps.store(u64::from(m.kbps()), Relaxed);
                 st.member = m;
                 st.tier_since = now;
             }
@@ -464,6 +477,7 @@ impl Display<'_> {
             }
             tracing::info!(peer = %conn.peer, display = self.id, "streaming {rect:?} as {codec} ({}) at {} kbit/s, a tier of {} kbit/s shared by {} client(s)", member.encoder_name(), self.rate.target_kbps(), member.kbps(), member.members());
             self.stats.set_stream(Some(codec), self.rate.target_kbps());
+            self.stats.tier_kbps.store(u64::from(member.kbps()), Relaxed);
             self.stream = Some(Stream {
                 id,
                 rect,
@@ -490,6 +504,7 @@ impl Display<'_> {
             }
         }
         self.stats.set_stream(None, 0);
+        self.stats.tier_kbps.store(0, Relaxed);
     }
 
     async fn on_update(&mut self, conn: &mut Conn, u: Update) -> Result<(), ServerError> {

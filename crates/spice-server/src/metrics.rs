@@ -125,6 +125,8 @@ pub struct ClientStats {
     pub stream_frames_sent: AtomicU64,
     /// Pixel bytes copied out of ring slots for this client (drawables and encoder input).
     pub copy_bytes: AtomicU64,
+    /// The bitrate of the shared encoder (rate tier) this client's stream is on (0 without).
+    pub tier_kbps: AtomicU64,
     /// Current video target (0 without a stream).
     pub bitrate_kbps: AtomicU64,
     /// The client's multimedia-clock offset D, ms.
@@ -348,7 +350,7 @@ impl Metrics {
                 })
             })
             .collect();
-        let per_client: [(&str, MetricKind, &str, StatGetter); 8] = [
+        let per_client: [(&str, MetricKind, &str, StatGetter); 9] = [
             (
                 "scanoutd_client_mm_margin_ms",
                 MetricKind::Gauge,
@@ -390,6 +392,12 @@ impl Metrics {
                 MetricKind::Counter,
                 "Video frames (STREAM_DATA) sent to a client.",
                 |s| s.stream_frames_sent.load(Relaxed),
+            ),
+            (
+                "scanoutd_client_stream_tier_kbps",
+                MetricKind::Gauge,
+                "Bitrate of the shared encoder (rate tier) a client's stream is on (0 without a stream).",
+                |s| s.tier_kbps.load(Relaxed),
             ),
             (
                 "scanoutd_client_bitrate_kbps",

@@ -1045,3 +1045,89 @@ async fn a_regrown_stream_redraws_the_old_area_losslessly() {
     );
     server.shutdown();
 }
+
+/// Clients of one display on the same tier share one encoder: it is created once, and every
+/// client's stream starts with a keyframe, also a client that joins a running stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_tier_share_one_encoder_and_a_late_client_starts_on_a_keyframe() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let bus = FrameBus::new();
+    let cfg = ServerConfig {
+        stream_mode: spice_server::StreamMode::FullFrame,
+        ..ServerConfig::default()
+    };
+    let server = SpiceServer::new(
+        cfg,
+        bus.clone(),
+        Arc::new(Recorder::default()),
+        Arc::new(FakeFactory {
+            broken: None,
+            log: log.clone(),
+            fails_after: None,
+        }),
+        Metrics::new(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s = server.clone();
+    tokio::spawn(async move { s.serve(listener).await });
+    let (w, h) = (320, 240);
+    let mut frame = pattern(w, h, 0, false);
+    bus.publish(Arc::new(frame.clone()), &Damage::full(w, h));
+    let pump = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            for seq in 1..=400u64 {
+                paint_block(&mut frame, Rect::new(0, 0, w, h), seq);
+                bus.publish(Arc::new(frame.clone()), &Damage::full(w, h));
+                tokio::time::sleep(Duration::from_millis(16)).await;
+            }
+        })
+    };
+    /// The first `n` STREAM_DATA payloads a client gets.
+    async fn stream_frames(c: &mut TestClient, n: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + T;
+        while out.len() < n && tokio::time::Instant::now() < deadline {
+            let m = c.display.recv(T).await.unwrap();
+            if let ServerMsg::StreamData { data, .. } = &m {
+                out.push(data.clone());
+            }
+            c.surface.apply(&m).unwrap();
+        }
+        assert_eq!(out.len(), n, "stream frames within {T:?}");
+        out
+    }
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = TestClient::connect(addr, "").await.unwrap();
+        c.wait_ready(T).await.unwrap();
+        clients.push(c);
+    }
+    for c in &mut clients {
+        let f = stream_frames(c, 5).await;
+        assert_eq!(f[0][0], 1, "a client's first stream frame is a keyframe");
+    }
+    // A client joining the running stream starts on a keyframe too.
+    let mut late = TestClient::connect(addr, "").await.unwrap();
+    late.wait_ready(T).await.unwrap();
+    assert_eq!(stream_frames(&mut late, 3).await[0][0], 1);
+    let creates = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("create "))
+        .count();
+    assert_eq!(creates, 1, "one shared encoder for four clients: {:?}", log.lock().unwrap());
+    let hub = server.hub(0).unwrap().stats();
+    let encoded = hub.frames_encoded.load(std::sync::atomic::Ordering::Relaxed);
+    let per_client: u64 = clients
+        .iter()
+        .chain(std::iter::once(&late))
+        .filter_map(|c| server.metrics().client(c.session_id))
+        .map(|s| s.frames_encoded.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert!(encoded > 0 && per_client >= 3 * 5 + 3, "{encoded} encoded, {per_client} delivered");
+    pump.abort();
+    server.shutdown();
+}

@@ -298,7 +298,8 @@ class SpiceClient:
         if event == S.ChannelEvent.OPENED:
             st.opened = True
             if self.preferred_codecs and isinstance(ch, S.DisplayChannel):
-                ch.change_preferred_video_codec_types(self.preferred_codecs)
+                # GI names spice_display_channel_change_preferred_video_codec_types so.
+                ch.display_channel_change_preferred_video_codec_types(self.preferred_codecs)
         elif event == S.ChannelEvent.CLOSED:
             st.closed = True
         elif event in (S.ChannelEvent.ERROR_AUTH, S.ChannelEvent.ERROR_CONNECT,

@@ -107,6 +107,8 @@ struct MemberInner {
     /// The shortest interval between frames this member wants, microseconds (0: every
     /// source frame).
     interval_us: AtomicU64,
+    /// Times this member fell behind (lost its queue) since it last asked.
+    lost: AtomicU64,
 }
 
 struct Shared {
@@ -158,6 +160,7 @@ impl Shared {
                     }
                     if q.len() >= MEMBER_QUEUE {
                         stats.member_drops.fetch_add(q.len() as u64 + 1, Relaxed);
+                        m.lost.fetch_add(1, Relaxed);
                         q.clear();
                         m.need_key.store(true, Relaxed);
                         self.lag_key.store(true, Relaxed);
@@ -247,6 +250,12 @@ impl Member {
             0
         };
         self.inner.interval_us.store(us, Relaxed);
+    }
+
+    /// How many times this member fell behind since the last call (its link or budget cannot
+    /// take the tier's frames: a congestion signal for its rate control).
+    pub fn take_lost(&self) -> u64 {
+        self.inner.lost.swap(0, Relaxed)
     }
 
     /// This client could not send what it got (or lost a frame): drop what is queued and
@@ -348,6 +357,7 @@ impl EncodeHub {
             notify: Notify::new(),
             need_key: AtomicBool::new(true),
             interval_us: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
         });
         lock(&shared.members).push(Arc::downgrade(&inner));
         shared.join_key.store(true, Relaxed);
@@ -652,7 +662,11 @@ mod tests {
         }
         assert!(seen.iter().all(|s| *s == seen[0]), "{seen:?}");
         assert_eq!(seen[0], (2..=11).collect::<Vec<u8>>());
-        assert_eq!(log.encodes.load(Relaxed), 10, "each frame encoded once, not per member");
+        assert_eq!(
+            log.encodes.load(Relaxed),
+            10,
+            "each frame encoded once, not per member"
+        );
         assert_eq!(hub.stats().frames_encoded.load(Relaxed), 10);
         // Another tier, another encoder; the last member gone, the encoder goes.
         let low = hub.join(Codec::H264, ALL, 1000).await.unwrap();
@@ -676,7 +690,11 @@ mod tests {
             // next is published); the slow one reads nothing.
             fast_seen.extend(frames(&fast, 1).await.iter().map(|f| f.data[0]));
         }
-        assert_eq!(fast_seen, (2..=9).collect::<Vec<u8>>(), "the fast member lost nothing");
+        assert_eq!(
+            fast_seen,
+            (2..=9).collect::<Vec<u8>>(),
+            "the fast member lost nothing"
+        );
         assert!(hub.stats().member_drops.load(Relaxed) > 0);
         // The slow member resumes on a keyframe (forced once the interval allows).
         tokio::time::sleep(KEYFRAME_MIN_INTERVAL).await;
@@ -691,11 +709,17 @@ mod tests {
             }
         }
         let f = resumed.expect("the slow member got frames again");
-        assert!(f.keyframe, "after falling behind, a member starts again on a keyframe");
+        assert!(
+            f.keyframe,
+            "after falling behind, a member starts again on a keyframe"
+        );
         keyframes_before = hub.stats().keyframes_forced.load(Relaxed) - keyframes_before;
         assert!(keyframes_before >= 1);
         // The fast member's frames stayed in order, none lost.
-        assert!(fast_seen.windows(2).all(|w| w[1] == w[0] + 1), "{fast_seen:?}");
+        assert!(
+            fast_seen.windows(2).all(|w| w[1] == w[0] + 1),
+            "{fast_seen:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -716,7 +740,11 @@ mod tests {
         assert_eq!(failed.as_deref(), Some("broken"));
         log.fail_at.store(0, Relaxed);
         let again = hub.join(Codec::H265, ALL, 3000).await.unwrap();
-        assert_eq!(log.creates.load(Relaxed), 2, "a new encoder, not the failed one");
+        assert_eq!(
+            log.creates.load(Relaxed),
+            2,
+            "a new encoder, not the failed one"
+        );
         publish(&bus, 9).await;
         assert_eq!(frames(&again, 1).await[0].data[0], 9);
     }

@@ -247,6 +247,21 @@ impl RateControl {
         true
     }
 
+    /// The client fell behind its stream (its shared encoder's frames came faster than it took
+    /// them, so some were lost and it waits for a keyframe): its link or its budget cannot carry
+    /// the stream's rate. Cut to what it carried recently (at most 0.85x, at least 0.5x of the
+    /// target). Returns true when the target changed.
+    pub fn on_backlog(&mut self, now: Instant) -> bool {
+        let carried = self.window_rate(now, WINDOW).unwrap_or(0.0) / 1000.0;
+        let t = f64::from(self.effective_kbps());
+        let kbps = (carried * 0.85).clamp(t * 0.5, t * 0.85);
+        let cut = self.cut_to(now, kbps as u32);
+        if cut {
+            self.ceiling_kbps = Some(carried.max(kbps) as u32);
+        }
+        cut
+    }
+
     /// An update was written: `bytes` in all (`video` of them a stream frame, if any), which
     /// took `write_time`. `frame_period` is the source's. Returns true when the target changed.
     pub fn on_sent(
@@ -358,6 +373,30 @@ impl RateControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn falling_behind_the_stream_cuts_towards_what_was_carried() {
+        let t0 = Instant::now();
+        let mut rc = RateControl::new(RateLimits::default(), 30, t0);
+        let start = rc.target_kbps();
+        // 1 Mbit/s carried over the last window.
+        for i in 0..30u64 {
+            let t = t0 + Duration::from_millis(10 * i);
+            rc.on_sent(
+                t,
+                1250,
+                Some(1250),
+                Duration::ZERO,
+                Duration::from_millis(33),
+            );
+        }
+        let now = t0 + Duration::from_millis(300);
+        assert!(rc.on_backlog(now));
+        assert!(rc.target_kbps() < start, "{} < {start}", rc.target_kbps());
+        assert!(rc.target_kbps() >= start / 2);
+        // Not twice within the cut interval.
+        assert!(!rc.on_backlog(now + Duration::from_millis(10)));
+    }
 
     #[test]
     fn a_stream_is_never_given_more_than_its_quality_ceiling() {

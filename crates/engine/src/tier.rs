@@ -3,30 +3,26 @@
 //! a lower tier (its own encoder while nobody else is there). Pure.
 
 /// Each tier is this much below the one above it.
-pub const TIER_STEP: f64 = 0.7;
+pub const TIER_STEP: f64 = 0.8;
 
-/// The tier a client whose rate control asks for `want_kbps` belongs to, for a stream whose
-/// quality ceiling is `ceiling_kbps` (the top tier; 0 means no ceiling: `max_kbps` is the
-/// top) and whose lowest bitrate is `min_kbps`. Returns the tier's bitrate: the highest level
-/// of `top x TIER_STEP^k` that is at most `want_kbps`, never below `min_kbps`.
+/// The tier a client whose rate control asks for `want_kbps` belongs to: the highest level of
+/// the fixed ladder `max_kbps x TIER_STEP^k` that is at most `want_kbps` and at most the
+/// stream's quality ceiling `ceiling_kbps` (0: none), never below `min_kbps`. The ladder is
+/// the same for every client of a server, so clients whose targets (or whose measurements of
+/// the source's frame rate, which the ceiling follows) differ a little land on one level.
 pub fn tier_kbps(want_kbps: u32, ceiling_kbps: u32, max_kbps: u32, min_kbps: u32) -> u32 {
-    let top = if ceiling_kbps == 0 {
-        max_kbps
+    let floor = min_kbps.max(1);
+    let cap = if ceiling_kbps == 0 {
+        want_kbps
     } else {
-        ceiling_kbps.min(max_kbps)
-    }
-    .max(min_kbps.max(1));
-    if want_kbps >= top {
-        return top;
-    }
-    let mut level = f64::from(top);
-    let floor = f64::from(min_kbps.max(1));
-    while level > f64::from(want_kbps) && level * TIER_STEP >= floor {
+        want_kbps.min(ceiling_kbps)
+    };
+    let mut level = f64::from(max_kbps.max(floor));
+    while level > f64::from(cap) && level * TIER_STEP >= f64::from(floor) {
         level *= TIER_STEP;
     }
-    if level > f64::from(want_kbps) {
-        // Even the lowest level is above what is wanted: the floor.
-        return min_kbps.max(1);
+    if level > f64::from(cap) {
+        return floor;
     }
     level.round() as u32
 }
@@ -36,22 +32,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_fast_client_gets_the_ceiling() {
-        assert_eq!(tier_kbps(20_000, 6_912, 20_000, 300), 6_912);
-        assert_eq!(tier_kbps(6_912, 6_912, 20_000, 300), 6_912);
+    fn a_fast_client_gets_the_level_at_or_below_the_ceiling() {
         assert_eq!(tier_kbps(20_000, 0, 20_000, 300), 20_000);
+        assert_eq!(tier_kbps(20_000, 16_000, 20_000, 300), 16_000);
+        // 6912 (720p30 x 0.25 bpp) lands on 6554, and so do ceilings measured a little off.
+        let l = tier_kbps(20_000, 6_912, 20_000, 300);
+        assert_eq!(l, 6_554);
+        for c in [6_600, 6_890, 6_912, 6_950, 8_000] {
+            assert_eq!(tier_kbps(20_000, c, 20_000, 300), l, "{c}");
+        }
     }
 
     #[test]
     fn slower_clients_fall_into_discrete_levels_below_what_they_want() {
-        let top = 10_000;
-        let t = |want| tier_kbps(want, top, 20_000, 300);
-        assert_eq!(t(9_999), 7_000);
-        assert_eq!(t(7_000), 7_000);
-        assert_eq!(t(6_999), 4_900);
-        assert_eq!(t(4_000), 3_430);
+        let t = |want| tier_kbps(want, 0, 20_000, 300);
+        assert_eq!(t(19_999), 16_000);
+        assert_eq!(t(16_000), 16_000);
+        assert_eq!(t(15_999), 12_800);
         // Clients with nearby targets share a level.
-        assert_eq!(t(3_500), t(3_900));
+        assert_eq!(t(3_400), t(4_100));
         for want in [300, 500, 1_000, 2_000, 3_000, 5_000, 8_000] {
             let k = t(want);
             assert!(k <= want && k >= 300, "{want} -> {k}");

@@ -250,7 +250,9 @@ pub struct StageMetrics(pub Arc<spice_server::SpiceServer>);
 impl MetricsSource for StageMetrics {
     fn render(&self, out: &mut String) {
         let n = self.0.displays();
-        let hubs: Vec<_> = (0..n).filter_map(|i| self.0.hub(i).map(|h| (i, h))).collect();
+        let hubs: Vec<_> = (0..n)
+            .filter_map(|i| self.0.hub(i).map(|h| (i, h)))
+            .collect();
         let label = |i: usize| {
             if n > 1 {
                 format!("display=\"{i}\"")

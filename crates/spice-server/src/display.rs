@@ -71,10 +71,16 @@ struct Stream {
     member: Member,
     /// When the member last changed tiers.
     tier_since: Instant,
+    /// Since when the client's target has been below its tier (it moves down when that lasts).
+    below_since: Option<Instant>,
 }
 
-/// How long a client stays in a tier before it may move up again (down is at once).
+/// How long a client stays in a tier before it may move up again.
 const TIER_UP_HOLD: Duration = Duration::from_secs(3);
+/// How long a client's target must stay below its tier before it moves down; a target below
+/// half the tier moves it at once. A moment of congestion (a keyframe, a burst of drawables)
+/// must not split a tier: every move costs a keyframe.
+const TIER_DOWN_HOLD: Duration = Duration::from_millis(1500);
 
 struct Display<'a> {
     server: &'a Arc<SpiceServer>,
@@ -297,6 +303,14 @@ impl Display<'_> {
         st.member.set_frame_rate(fps);
         let have = st.member.kbps();
         let now = Instant::now();
+        if want >= have {
+            st.below_since = None;
+        } else if want.saturating_mul(2) >= have {
+            let since = *st.below_since.get_or_insert(now);
+            if now.duration_since(since) < TIER_DOWN_HOLD {
+                return;
+            }
+        }
         if want == have || (want > have && now.duration_since(st.tier_since) < TIER_UP_HOLD) {
             return;
         }
@@ -309,6 +323,7 @@ impl Display<'_> {
                 self.stats.tier_kbps.store(u64::from(m.kbps()), Relaxed);
                 st.member = m;
                 st.tier_since = now;
+                st.below_since = None;
             }
             Err(e) => {
                 tracing::warn!(peer = %conn.peer, "cannot move to the {want} kbit/s tier: {e}")
@@ -477,13 +492,16 @@ impl Display<'_> {
             }
             tracing::info!(peer = %conn.peer, display = self.id, "streaming {rect:?} as {codec} ({}) at {} kbit/s, a tier of {} kbit/s shared by {} client(s)", member.encoder_name(), self.rate.target_kbps(), member.kbps(), member.members());
             self.stats.set_stream(Some(codec), self.rate.target_kbps());
-            self.stats.tier_kbps.store(u64::from(member.kbps()), Relaxed);
+            self.stats
+                .tier_kbps
+                .store(u64::from(member.kbps()), Relaxed);
             self.stream = Some(Stream {
                 id,
                 rect,
                 codec,
                 member,
                 tier_since: Instant::now(),
+                below_since: None,
             });
             return;
         }
@@ -550,6 +568,13 @@ impl Display<'_> {
         };
         match ev {
             MemberEvent::Frame(f) => {
+                if st.member.take_lost() > 0 && self.rate.on_backlog(Instant::now()) {
+                    tracing::debug!(peer = %conn.peer, "fell behind the stream: target now {} kbit/s", self.rate.target_kbps());
+                    self.apply_bitrate(conn).await;
+                }
+                let Some(st) = &self.stream else {
+                    return Ok(());
+                };
                 let mm = self.server.capture_mm_time(f.capture_ms);
                 let before = conn.out_len();
                 ServerMsg::encode_stream_data(st.id, mm, &f.data, conn.out());

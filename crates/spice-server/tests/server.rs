@@ -1118,16 +1118,26 @@ async fn clients_of_a_tier_share_one_encoder_and_a_late_client_starts_on_a_keyfr
         .iter()
         .filter(|l| l.starts_with("create "))
         .count();
-    assert_eq!(creates, 1, "one shared encoder for four clients: {:?}", log.lock().unwrap());
+    assert_eq!(
+        creates,
+        1,
+        "one shared encoder for four clients: {:?}",
+        log.lock().unwrap()
+    );
     let hub = server.hub(0).unwrap().stats();
-    let encoded = hub.frames_encoded.load(std::sync::atomic::Ordering::Relaxed);
+    let encoded = hub
+        .frames_encoded
+        .load(std::sync::atomic::Ordering::Relaxed);
     let per_client: u64 = clients
         .iter()
         .chain(std::iter::once(&late))
         .filter_map(|c| server.metrics().client(c.session_id))
         .map(|s| s.frames_encoded.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
-    assert!(encoded > 0 && per_client >= 3 * 5 + 3, "{encoded} encoded, {per_client} delivered");
+    assert!(
+        encoded > 0 && per_client >= 3 * 5 + 3,
+        "{encoded} encoded, {per_client} delivered"
+    );
     pump.abort();
     server.shutdown();
 }

@@ -11,6 +11,9 @@
 # 3. bench/lag.py: the lag scenario (a client behind a 4 Mbit/s tbf link, one on loopback) with
 #    the millisecond figures the test does not assert; writes $E2E_ARTIFACTS/bench/lag.json
 #    (about 1.5 minutes, root only). Skip it with LAG_BENCH=0.
+# 4. bench/shared.py: server CPU for 1, 2 and 4 clients of one display at 720p30/60 (shared
+#    encoders), pixel bytes copied per frame, a two-codec case; writes
+#    $E2E_ARTIFACTS/bench/shared.json (about 2.5 minutes). Skip it with SHARED_BENCH=0.
 # Options go to run.py. Runs with $PYTHON, default /usr/bin/python3 (needs python3-gi).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -25,4 +28,9 @@ if [ "${LAG_BENCH:-1}" != 0 ]; then
   out="${E2E_ARTIFACTS:-/tmp/scanoutd-e2e}/bench"
   mkdir -p "$out"
   "$py" "$here/lag.py" --json "$out/lag.json"
+fi
+if [ "${SHARED_BENCH:-1}" != 0 ]; then
+  out="${E2E_ARTIFACTS:-/tmp/scanoutd-e2e}/bench"
+  mkdir -p "$out"
+  "$py" "$here/shared.py" --json "$out/shared.json"
 fi

@@ -8,7 +8,9 @@
 //! members.
 //!
 //! - An encoder only ever sees frames in order (the hub's own subscriber, newest wins when
-//!   encoding falls behind the source).
+//!   encoding falls behind the source), and runs at the pace of its fastest member: a frame is
+//!   encoded only when some member has sent what it was given, so a lone client behind a slow
+//!   link gets the newest frames without losing any.
 //! - A member that falls behind (its queue of encoded frames is full: its link or its pacing
 //!   cannot take the tier's frames) loses what is queued and waits for the next keyframe, which
 //!   it asks for; keyframes a lagging member asks for are forced at most once per
@@ -126,6 +128,13 @@ struct Shared {
 }
 
 impl Shared {
+    /// Whether some member has nothing queued (it sent what it got).
+    fn someone_ready(&self) -> bool {
+        self.live_members()
+            .iter()
+            .any(|m| lock(&m.queue).is_empty())
+    }
+
     /// Whether a frame is due at `now`: the fastest member's interval has passed.
     fn frame_due(&self, now: Instant) -> bool {
         let min_us = self
@@ -434,9 +443,13 @@ async fn run(hub: Weak<EncodeHub>, sub: scanoutd_ring::Subscriber, cfg: HubConfi
                 .iter()
                 .any(|r| r.intersect(&s.key.rect).is_some());
             let key_due = s.join_key.load(Relaxed) || s.lag_key.load(Relaxed);
-            // Only when the region changed, and not faster than the fastest member takes
-            // frames; a keyframe that is owed goes out regardless.
-            let due = key_due || (touched && s.frame_due(now));
+            // Only when the region changed, not faster than the fastest member's frame rate,
+            // and only when some member has taken what it was given: an encoder runs at the
+            // pace of its fastest member (a lone member behind a slow link or a busy client
+            // loses nothing: the source's newer frames simply supersede), and only slower
+            // members of a shared encoder fall behind. A keyframe that is owed goes out once
+            // someone can take it.
+            let due = s.someone_ready() && (key_due || (touched && s.frame_due(now)));
             if !due {
                 continue;
             }
@@ -720,6 +733,29 @@ mod tests {
             fast_seen.windows(2).all(|w| w[1] == w[0] + 1),
             "{fast_seen:?}"
         );
+    }
+
+    /// A lone member that takes frames slowly loses none: the encoder waits for it, newer
+    /// source frames supersede the ones it could not take, and no keyframe is needed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_encoder_runs_at_the_pace_of_its_fastest_member() {
+        let (bus, hub, log) = rig();
+        publish(&bus, 1).await;
+        let m = hub.join(Codec::H264, ALL, 3000).await.unwrap();
+        publish(&bus, 2).await;
+        assert_eq!(frames(&m, 1).await[0].data[0], 2);
+        for seq in 3..=8u8 {
+            publish(&bus, seq).await; // not read: only the first of these is encoded
+        }
+        let got = frames(&m, 1).await[0].data[0];
+        assert!((3..=8).contains(&got), "{got}");
+        assert!(m.try_next().is_none(), "nothing else was queued");
+        publish(&bus, 9).await;
+        let next = frames(&m, 1).await;
+        assert_eq!(next[0].data[0], 9);
+        assert!(!next[0].keyframe, "no resync was needed");
+        assert_eq!(hub.stats().member_drops.load(Relaxed), 0);
+        assert_eq!(log.encodes.load(Relaxed), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

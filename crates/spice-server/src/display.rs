@@ -73,10 +73,14 @@ struct Stream {
     tier_since: Instant,
     /// Since when the client's target has been below its tier (it moves down when that lasts).
     below_since: Option<Instant>,
+    started: Instant,
 }
 
+/// A new stream's reports are not read as congestion for this long.
+const STREAM_WARMUP: Duration = Duration::from_secs(2);
+
 /// How long a client stays in a tier before it may move up again.
-const TIER_UP_HOLD: Duration = Duration::from_secs(3);
+const TIER_UP_HOLD: Duration = Duration::from_secs(2);
 /// How long a client's target must stay below its tier before it moves down; a target below
 /// half the tier moves it at once. A moment of congestion (a keyframe, a burst of drawables)
 /// must not split a tier: every move costs a keyframe.
@@ -99,6 +103,8 @@ struct Display<'a> {
     stream: Option<Stream>,
     /// No codec works for this client: everything goes as drawables.
     drawables_only: bool,
+    /// The next send is a whole-picture burst (a new surface): not a congestion signal.
+    bulk: bool,
     next_stream_id: u32,
     client_pref: Vec<u8>,
     failed: Vec<Codec>,
@@ -150,6 +156,7 @@ pub(crate) async fn run(
         surface: None,
         stream: None,
         drawables_only: false,
+        bulk: false,
         next_stream_id: 0,
         client_pref: Vec::new(),
         failed: Vec::new(),
@@ -262,12 +269,18 @@ impl Display<'_> {
                             s.mm_margin_ms.store(u64::from(d), Relaxed);
                         }
                     }
-                    if self.rate.on_report(
-                        Instant::now(),
-                        r.num_frames,
-                        r.num_drops,
-                        r.last_frame_delay,
-                    ) {
+                    // A new stream's first reports measure the client's decoder starting up
+                    // (its first frames are late whatever the link): they tune the client's
+                    // clock, not the rate.
+                    let warming = st.started.elapsed() < STREAM_WARMUP;
+                    if !warming
+                        && self.rate.on_report(
+                            Instant::now(),
+                            r.num_frames,
+                            r.num_drops,
+                            r.last_frame_delay,
+                        )
+                    {
                         self.apply_bitrate(conn).await;
                     }
                 }
@@ -341,9 +354,11 @@ impl Display<'_> {
             self.rate.set_source_rate(fps);
             self.published_at = (published, now);
         }
-        if self.rate.on_tick(now) {
-            self.apply_bitrate(conn).await;
-        }
+        // The tier is re-evaluated every tick, not only when the target changes: the quality
+        // ceiling follows the measured source rate, and a client that joined on a lower tier
+        // moves up to its peers' once its hold is over.
+        self.rate.on_tick(now);
+        self.apply_bitrate(conn).await;
         Ok(())
     }
 
@@ -502,6 +517,7 @@ impl Display<'_> {
                 member,
                 tier_since: Instant::now(),
                 below_since: None,
+                started: Instant::now(),
             });
             return;
         }
@@ -543,6 +559,9 @@ impl Display<'_> {
             if let Some(rect) = region.rect {
                 self.start_stream(conn, rect).await;
             }
+            // The whole picture is a burst, not a measure of the link: account for its bytes
+            // but do not read a full link into its write time.
+            self.bulk = true;
             self.send(conn, coalesced, capture_ms, None).await?;
             return Ok(());
         }
@@ -608,6 +627,11 @@ impl Display<'_> {
         let start = Instant::now();
         let sent = conn.flush().await?;
         let now = Instant::now();
+        let write_time = if std::mem::take(&mut self.bulk) {
+            Duration::ZERO
+        } else {
+            now - start
+        };
         let s = &self.stats;
         s.updates_sent.fetch_add(1, Relaxed);
         s.coalesced_updates.fetch_add(coalesced, Relaxed);
@@ -619,7 +643,7 @@ impl Display<'_> {
         }
         if self
             .rate
-            .on_sent(now, sent, stream_bytes, now - start, self.frame_period)
+            .on_sent(now, sent, stream_bytes, write_time, self.frame_period)
         {
             tracing::debug!(
                 peer = %conn.peer,

@@ -99,6 +99,8 @@ struct Key {
     codec: Codec,
     rect: Rect,
     kbps: u32,
+    /// A client's own encoder (never shared), by a number unique in the hub.
+    own: Option<u64>,
 }
 
 struct MemberInner {
@@ -125,6 +127,10 @@ struct Shared {
     /// When the last frame was submitted.
     last_encode: Mutex<Option<Instant>>,
     failed: AtomicBool,
+    /// A new bitrate for an own encoder, applied before its next frame (0: none).
+    new_kbps: AtomicU64,
+    /// The bitrate the encoder was last set to.
+    own_kbps: Mutex<u32>,
 }
 
 impl Shared {
@@ -214,9 +220,26 @@ impl Member {
         self.shared.key.rect
     }
 
-    /// The tier's bitrate.
+    /// The tier's bitrate (an own encoder's: the last one set).
     pub fn kbps(&self) -> u32 {
-        self.shared.key.kbps
+        match self.shared.new_kbps.load(Relaxed) {
+            0 => *lock(&self.shared.own_kbps),
+            k => k as u32,
+        }
+    }
+
+    /// Whether this is the client's own encoder ([`EncodeHub::join_own`]).
+    pub fn is_own(&self) -> bool {
+        self.shared.key.own.is_some()
+    }
+
+    /// Change an own encoder's bitrate (applied before its next frame); ignored for a shared
+    /// one, whose bitrate is its tier.
+    pub fn set_bitrate(&self, kbps: u32) {
+        if self.is_own() && kbps > 0 && kbps != self.kbps() {
+            *lock(&self.shared.own_kbps) = kbps;
+            self.shared.new_kbps.store(u64::from(kbps), Relaxed);
+        }
     }
 
     /// The encoder implementation (e.g. "x264enc").
@@ -324,8 +347,34 @@ impl EncodeHub {
     /// Join the encoder of (`codec`, `rect`, `kbps`), creating it when there is none. The
     /// member's first frame is a keyframe, forced now.
     pub async fn join(&self, codec: Codec, rect: Rect, kbps: u32) -> Result<Member, String> {
+        self.join_key(Key {
+            codec,
+            rect,
+            kbps,
+            own: None,
+        })
+        .await
+    }
+
+    /// An encoder of this client's own (never shared), whose bitrate follows
+    /// [`Member::set_bitrate`]: for a client whose link holds it below the shared tiers'
+    /// ceiling, so its encoder can follow its rate control exactly.
+    pub async fn join_own(&self, codec: Codec, rect: Rect, kbps: u32) -> Result<Member, String> {
+        static OWN: AtomicU64 = AtomicU64::new(1);
+        self.join_key(Key {
+            codec,
+            rect,
+            kbps,
+            own: Some(OWN.fetch_add(1, Relaxed)),
+        })
+        .await
+    }
+
+    async fn join_key(&self, key: Key) -> Result<Member, String> {
         let _serial = self.join_lock.lock().await;
-        let key = Key { codec, rect, kbps };
+        let Key {
+            codec, rect, kbps, ..
+        } = key;
         let existing = lock(&self.encoders)
             .iter()
             .find(|s| s.key == key && !s.failed.load(Relaxed))
@@ -351,6 +400,8 @@ impl EncodeHub {
                     last_key: Mutex::new(None),
                     last_encode: Mutex::new(None),
                     failed: AtomicBool::new(false),
+                    new_kbps: AtomicU64::new(0),
+                    own_kbps: Mutex::new(kbps),
                 });
                 self.stats.encoders_created.fetch_add(1, Relaxed);
                 let mut encs = lock(&self.encoders);
@@ -474,6 +525,14 @@ async fn run(hub: Weak<EncodeHub>, sub: scanoutd_ring::Subscriber, cfg: HubConfi
             set.spawn_blocking(move || {
                 let out = {
                     let mut enc = lock(&s.encoder);
+                    let kbps = s.new_kbps.swap(0, Relaxed);
+                    if kbps > 0 {
+                        if let Some(e) = enc.as_mut() {
+                            if let Err(err) = e.set_bitrate(kbps as u32) {
+                                tracing::warn!(encoder = %s.name, "setting the bitrate: {}", err.0);
+                            }
+                        }
+                    }
                     enc.as_mut()
                         .map(|e| e.encode(&px, s.key.rect.w as usize * 4, capture_ms, force))
                 };

@@ -290,32 +290,47 @@ impl Display<'_> {
         Ok(())
     }
 
-    /// The bitrate this client's stream should run at: its rate target's tier (shared
-    /// encoders run at discrete bitrates; the top one is the stream's quality ceiling), scaled
-    /// up as the encoder bitrate is when the frame rate is lowered.
-    fn wanted_tier_kbps(&self) -> u32 {
+    /// The encoder this client's stream should run on: `(kbps, own)`. A client whose link
+    /// carries the stream's quality ceiling (down to the ladder's level below it) shares the
+    /// display's encoder of that level (a fixed ladder, so clients whose ceilings differ a
+    /// little share one); a client whose link holds it below gets an encoder of its own at
+    /// exactly what its rate control asks, following it (scaled up, as the encoder bitrate is, when the frame rate is
+    /// lowered).
+    fn wanted_stream(&self) -> (u32, bool) {
         let limits = self.server.cfg.rate;
         let effective = self.rate.target_kbps().max(1);
-        let tier = tier_kbps(
-            effective,
-            self.rate.quality_max_kbps(),
-            limits.max_kbps,
-            limits.min_kbps,
-        );
+        let ceiling = self.rate.quality_max_kbps();
+        // The shared level: the ladder's highest at or below the ceiling.
+        let top = tier_kbps(ceiling, ceiling, limits.max_kbps, limits.min_kbps);
+        if effective < top {
+            return (self.rate.encoder_kbps().max(1), true);
+        }
+        let tier = tier_kbps(effective, ceiling, limits.max_kbps, limits.min_kbps);
         let scale = f64::from(self.rate.encoder_kbps()) / f64::from(effective);
-        (f64::from(tier) * scale.max(1.0)).round() as u32
+        ((f64::from(tier) * scale.max(1.0)).round() as u32, false)
     }
 
     async fn apply_bitrate(&mut self, conn: &Conn) {
         self.stats
             .bitrate_kbps
             .store(u64::from(self.rate.target_kbps()), Relaxed);
-        let want = self.wanted_tier_kbps();
+        let (want, own) = self.wanted_stream();
         let fps = self.rate.frame_rate();
         let Some(st) = &mut self.stream else { return };
         st.member.set_frame_rate(fps);
+        if own && st.member.is_own() {
+            // Its own encoder follows the rate control, as a private one always did.
+            st.member.set_bitrate(want);
+            self.stats.tier_kbps.store(u64::from(want), Relaxed);
+            st.below_since = None;
+            return;
+        }
         let have = st.member.kbps();
         let now = Instant::now();
+        if own == st.member.is_own() && want == have {
+            st.below_since = None;
+            return;
+        }
         if want >= have {
             st.below_since = None;
         } else if want.saturating_mul(2) >= have {
@@ -324,14 +339,19 @@ impl Display<'_> {
                 return;
             }
         }
-        if want == have || (want > have && now.duration_since(st.tier_since) < TIER_UP_HOLD) {
+        if want > have && now.duration_since(st.tier_since) < TIER_UP_HOLD {
             return;
         }
-        // Another tier: the same SPICE stream continues from the other encoder's next
-        // keyframe (forced for a new member).
-        match self.hub.join(st.codec, st.rect, want).await {
+        // Another encoder: the same SPICE stream continues from its next keyframe (forced
+        // for a new member).
+        let joined = if own {
+            self.hub.join_own(st.codec, st.rect, want).await
+        } else {
+            self.hub.join(st.codec, st.rect, want).await
+        };
+        match joined {
             Ok(m) => {
-                tracing::debug!(peer = %conn.peer, display = self.id, "stream moves from the {have} to the {want} kbit/s tier ({} clients there)", m.members());
+                tracing::debug!(peer = %conn.peer, display = self.id, "stream moves from {have} to {want} kbit/s ({}; {} clients there)", if own { "its own encoder" } else { "a shared tier" }, m.members());
                 m.set_frame_rate(fps);
                 self.stats.tier_kbps.store(u64::from(m.kbps()), Relaxed);
                 st.member = m;
@@ -339,7 +359,7 @@ impl Display<'_> {
                 st.below_since = None;
             }
             Err(e) => {
-                tracing::warn!(peer = %conn.peer, "cannot move to the {want} kbit/s tier: {e}")
+                tracing::warn!(peer = %conn.peer, "cannot move to a {want} kbit/s encoder: {e}")
             }
         }
     }
@@ -471,8 +491,13 @@ impl Display<'_> {
                 rect.h,
                 self.server.cfg.stream_max_bits_per_pixel * factor,
             );
-            let kbps = self.wanted_tier_kbps();
-            let member = match self.hub.join(codec, rect, kbps).await {
+            let (kbps, own) = self.wanted_stream();
+            let joined = if own {
+                self.hub.join_own(codec, rect, kbps).await
+            } else {
+                self.hub.join(codec, rect, kbps).await
+            };
+            let member = match joined {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(peer = %conn.peer, "cannot start a {codec} encoder: {e}; trying the next codec");

@@ -16,6 +16,9 @@
 //!   it asks for; keyframes a lagging member asks for are forced at most once per
 //!   [`KEYFRAME_MIN_INTERVAL`] per encoder, one for a new member at once. Nothing a slow member
 //!   does holds the encoder or another member back.
+//! - A member that cannot send now (its budget or its path holds it) says so
+//!   ([`Member::set_ready`]); an encoder whose members all wait encodes nothing, so a frame is
+//!   encoded when it can go, from the newest source frame.
 //! - Memory is bounded: at most [`MEMBER_QUEUE`] encoded frames per member.
 
 use std::collections::VecDeque;
@@ -113,6 +116,10 @@ struct MemberInner {
     interval_us: AtomicU64,
     /// Times this member fell behind (lost its queue) since it last asked.
     lost: AtomicU64,
+    /// The client could send a frame now (its budget and its path allow): only then is a
+    /// frame encoded for it, so what it sends is the newest the source has, not one encoded
+    /// earlier that waited for its budget.
+    ready: AtomicBool,
 }
 
 struct Shared {
@@ -134,11 +141,11 @@ struct Shared {
 }
 
 impl Shared {
-    /// Whether some member has nothing queued (it sent what it got).
+    /// Whether some member has nothing queued (it sent what it got) and could send now.
     fn someone_ready(&self) -> bool {
         self.live_members()
             .iter()
-            .any(|m| lock(&m.queue).is_empty())
+            .any(|m| m.ready.load(Relaxed) && lock(&m.queue).is_empty())
     }
 
     /// Whether a frame is due at `now`: the fastest member's interval has passed.
@@ -284,6 +291,13 @@ impl Member {
         self.inner.interval_us.store(us, Relaxed);
     }
 
+    /// Whether this client could send a frame now (see [`MemberInner::ready`]); a member is
+    /// ready when it joins. A frame is encoded for an encoder only while one of its members
+    /// is ready.
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Relaxed);
+    }
+
     /// How many times this member fell behind since the last call (its link or budget cannot
     /// take the tier's frames: a congestion signal for its rate control).
     pub fn take_lost(&self) -> u64 {
@@ -418,6 +432,7 @@ impl EncodeHub {
             need_key: AtomicBool::new(true),
             interval_us: AtomicU64::new(0),
             lost: AtomicU64::new(0),
+            ready: AtomicBool::new(true),
         });
         lock(&shared.members).push(Arc::downgrade(&inner));
         shared.join_key.store(true, Relaxed);

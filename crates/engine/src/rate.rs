@@ -8,9 +8,18 @@
 //!   and video), and a cut lands at 85 % of it — bounded to between half and 85 % of the
 //!   previous target, so one odd sample can neither starve the stream nor leave it too high.
 //!   Cuts come at most every 300 ms, so a bandwidth drop is followed within a few frames.
+//! - **End-to-end delay** ([`DelayProbe`]: PING/PONG on the display channel). Buffers the
+//!   server cannot see (a bloated router, a tunnel, a relay) fill long before its socket
+//!   blocks, so the queueing delay above the RTT baseline is the signal that works on every
+//!   link: above [`OVERUSE_DELAY`] for [`OVERUSE_HOLD`] (at once above [`HARD_OVERUSE`]) the
+//!   target is cut to 85 % of the rate the client was measured to receive (at most every
+//!   300 ms, each cut between half and 85 % of the target). And frames (video and drawables
+//!   alike) wait while the oldest byte in flight has been on its way longer than the baseline
+//!   plus [`GATE_DELAY`]: a queue that built up drains before more joins it, so the picture
+//!   the client shows is never older than a small bound, whatever the buffer's depth.
 //! - **Client reports** (STREAM_REPORT): sustained late frames cut the target by a quarter.
 //! - **Probing**: after 2 s without a cut the target climbs 10 % per second, but only while
-//!   the stream actually uses most of it: an encoder that needs less than the target (simple
+//!   the queueing delay is under [`TARGET_DELAY`] and the stream actually uses most of it: an encoder that needs less than the target (simple
 //!   content) does not push the target past what the link has ever carried.
 //!
 //! Frame rate before quality: each frame gets at least `min_bits_per_pixel` (a picture that
@@ -22,6 +31,8 @@
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use crate::delay::{DelayProbe, DelaySample};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimits {
@@ -53,6 +64,25 @@ const WINDOW: Duration = Duration::from_secs(1);
 const CEILING_MEMORY: Duration = Duration::from_secs(5);
 /// The quality ceiling never assumes fewer frames per second than this.
 const MIN_CEILING_FPS: f64 = 10.0;
+/// The queueing delay the control holds the link near: probing upwards stops above it.
+pub const TARGET_DELAY: Duration = Duration::from_millis(30);
+/// A queueing delay above this, for [`OVERUSE_HOLD`], cuts the target.
+pub const OVERUSE_DELAY: Duration = Duration::from_millis(50);
+pub const OVERUSE_HOLD: Duration = Duration::from_millis(100);
+/// A queueing delay above this cuts at once.
+pub const HARD_OVERUSE: Duration = Duration::from_millis(250);
+/// Nothing more is sent while the oldest byte in flight is older than the baseline RTT plus
+/// this.
+pub const GATE_DELAY: Duration = Duration::from_millis(100);
+/// A client that has not answered its first ping after this long is taken for one that
+/// never will (the gate then never holds it); a first picture that takes longer on a slow
+/// link only lets a few frames queue behind it.
+pub const NO_ANSWER: Duration = Duration::from_secs(3);
+/// While frames wait for the gate, the caller looks again this often (a PONG also wakes it).
+const GATE_RECHECK: Duration = Duration::from_millis(20);
+/// After a cut on delay, the link counts as congested this long (late frames then are the
+/// link's doing: they must cut the rate, not raise the client's display delay).
+const CONGESTED_FOR: Duration = Duration::from_secs(2);
 
 pub struct RateControl {
     limits: RateLimits,
@@ -80,6 +110,13 @@ pub struct RateControl {
     /// The frame rate the source was last measured to publish at (a QEMU 2D console
     /// refreshes at ~33 Hz whatever `source_fps` says); `None` before a measurement.
     source_rate: Option<f64>,
+    /// PING/PONG: the end-to-end delay and what the client receives.
+    probe: DelayProbe,
+    /// Since when the queueing delay has been above [`OVERUSE_DELAY`].
+    over_since: Option<Instant>,
+    /// The last cut on delay.
+    delay_cut: Option<Instant>,
+    delay_cuts: u64,
 }
 
 impl RateControl {
@@ -101,6 +138,10 @@ impl RateControl {
             max_bpp: 0.0,
             source_rate: None,
             last_effective: start,
+            probe: DelayProbe::new(),
+            over_since: None,
+            delay_cut: None,
+            delay_cuts: 0,
         }
     }
 
@@ -198,9 +239,35 @@ impl RateControl {
         self.refilled = now;
     }
 
-    /// Whether the client's budget allows sending a frame now.
+    /// Whether the client's budget allows sending a frame now, and the path is not holding
+    /// a queue (see [`GATE_DELAY`]).
     pub fn may_send(&self, now: Instant) -> bool {
-        now >= self.next_send()
+        now >= self.next_send() && !self.gated(now)
+    }
+
+    /// Whether frames wait for what is in flight to arrive: the oldest byte not yet
+    /// acknowledged has been on its way longer than the baseline RTT plus [`GATE_DELAY`].
+    /// Never for a client that does not answer pings.
+    pub fn gated(&self, now: Instant) -> bool {
+        let Some(age) = self.probe.oldest_in_flight(now) else {
+            return false;
+        };
+        if !self.probe.answered() {
+            // Before the first PONG (the first picture may take seconds on a slow link) the
+            // gate holds, but not for ever: a client that never answers is not judged by delay.
+            return age > GATE_DELAY && age < NO_ANSWER;
+        }
+        age > self.probe.min_rtt().unwrap_or(Duration::ZERO) + GATE_DELAY
+    }
+
+    /// When to look again whether a frame may go (a PONG arriving is another reason).
+    pub fn wake_at(&self, now: Instant) -> Instant {
+        let at = self.next_send();
+        if self.gated(now) {
+            at.max(now + GATE_RECHECK)
+        } else {
+            at
+        }
     }
 
     /// When the next frame may go: when the bucket is no longer in debt, and not sooner than
@@ -273,6 +340,7 @@ impl RateControl {
         frame_period: Duration,
     ) -> bool {
         self.sent.push_back((now, bytes));
+        self.probe.on_written(now, bytes);
         while self
             .sent
             .front()
@@ -310,6 +378,69 @@ impl RateControl {
         false
     }
 
+    /// A PING to queue at the end of the batch about to be written (`idle`: on its own, on a
+    /// quiet channel); its bytes are then reported through [`Self::on_sent`].
+    pub fn want_ping(&mut self, now: Instant, idle: bool) -> Option<u32> {
+        self.probe.want_ping(now, idle)
+    }
+
+    /// The PONG of ping `id` arrived. Returns true when the target changed.
+    pub fn on_pong(&mut self, now: Instant, id: u32) -> bool {
+        let Some(s) = self.probe.on_pong(now, id) else {
+            return false;
+        };
+        self.on_delay(now, s)
+    }
+
+    fn on_delay(&mut self, now: Instant, s: DelaySample) -> bool {
+        if s.queue_delay <= OVERUSE_DELAY {
+            self.over_since = None;
+            return false;
+        }
+        let since = *self.over_since.get_or_insert(now);
+        if s.queue_delay < HARD_OVERUSE && now.duration_since(since) < OVERUSE_HOLD {
+            return false;
+        }
+        // What reached the client while the path was busy is what it carries.
+        let t = f64::from(self.effective_kbps());
+        let received = s.delivery_kbps.or_else(|| self.probe.link_kbps());
+        let kbps = received
+            .map_or(t * 0.75, |r| r * 0.85)
+            .clamp(t * 0.5, t * 0.85);
+        let cut = self.cut_to(now, kbps as u32);
+        if cut {
+            self.ceiling_kbps = Some(received.unwrap_or(kbps) as u32);
+            self.delay_cut = Some(now);
+            self.delay_cuts += 1;
+        }
+        cut
+    }
+
+    /// Whether the path is (or just was) queueing: late frames are then the link's doing.
+    pub fn congested(&self, now: Instant) -> bool {
+        self.over_since.is_some()
+            || self
+                .delay_cut
+                .is_some_and(|t| now.duration_since(t) < CONGESTED_FOR)
+    }
+
+    /// The RTT baseline, ms (0 before the first PONG).
+    pub fn min_rtt_ms(&self) -> u64 {
+        self.probe.min_rtt().map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// The last measured queueing delay, ms.
+    pub fn queue_delay_ms(&self) -> u64 {
+        self.probe
+            .last()
+            .map_or(0, |s| s.queue_delay.as_millis() as u64)
+    }
+
+    /// Cuts made on delay.
+    pub fn delay_cuts(&self) -> u64 {
+        self.delay_cuts
+    }
+
     /// A STREAM_REPORT arrived. Returns true when the target changed.
     pub fn on_report(
         &mut self,
@@ -338,9 +469,14 @@ impl RateControl {
             Some(t) => now.duration_since(t) >= Duration::from_secs(2),
             None => true,
         };
-        // Only probe upwards while the stream really uses most of its budget.
+        // Only probe upwards while the stream really uses most of its budget and the path
+        // holds no queue.
         let used = self.window_rate(now, WINDOW).unwrap_or(0.0) / 1000.0
-            >= 0.7 * f64::from(self.pace_kbps());
+            >= 0.7 * f64::from(self.pace_kbps())
+            && self
+                .probe
+                .last()
+                .is_none_or(|s| s.queue_delay <= TARGET_DELAY);
         if self
             .last_cut
             .is_some_and(|c| now.duration_since(c) >= CEILING_MEMORY)
@@ -662,6 +798,242 @@ mod tests {
         );
     }
 
+    /// A path with a bottleneck of a given rate (which may change) and a FIFO buffer
+    /// `depth` deep (in time at the current rate) in front of it; a batch that finds the buffer
+    /// full waits in the server's socket (its write blocks) until it fits. PONGs come back
+    /// `base` after a batch's last byte crossed.
+    struct Path {
+        kbps: f64,
+        depth: Duration,
+        base: Duration,
+        busy_until: Option<Instant>,
+    }
+
+    impl Path {
+        /// Write `bytes` at `at`: (how long the write blocks, when the last byte arrives).
+        fn write(&mut self, at: Instant, bytes: usize) -> (Duration, Instant) {
+            let queued = self
+                .busy_until
+                .map_or(Duration::ZERO, |b| b.saturating_duration_since(at));
+            let block = queued.saturating_sub(self.depth);
+            let start = self.busy_until.map_or(at, |b| b.max(at));
+            let done = start + Duration::from_secs_f64(bytes as f64 * 8.0 / (self.kbps * 1000.0));
+            self.busy_until = Some(done);
+            (block, done)
+        }
+    }
+
+    /// What the viewer saw: (capture time, shown time) of each frame delivered.
+    struct Run {
+        shown: Vec<(Instant, Instant)>,
+    }
+
+    impl Run {
+        /// Ages of the frames captured in [from, to).
+        fn ages(&self, from: Instant, to: Instant) -> Vec<Duration> {
+            self.shown
+                .iter()
+                .filter(|(c, _)| *c >= from && *c < to)
+                .map(|(c, s)| *s - *c)
+                .collect()
+        }
+        fn p90(&self, from: Instant, to: Instant) -> Duration {
+            let mut a = self.ages(from, to);
+            a.sort();
+            a.get(a.len() * 9 / 10).copied().unwrap_or(Duration::MAX)
+        }
+        fn fps(&self, from: Instant, to: Instant) -> f64 {
+            self.ages(from, to).len() as f64 / (to - from).as_secs_f64()
+        }
+    }
+
+    /// Drive `rc` over `path` at 30 fps, 1280x720, for `secs` from `t0`: each source frame is
+    /// taken when the budget and the gate allow, sized at what the encoder is told, and a
+    /// ping rides on each batch; `step(elapsed, path)` may change the path.
+    fn drive(
+        rc: &mut RateControl,
+        path: &mut Path,
+        t0: Instant,
+        secs: f64,
+        step: &dyn Fn(Duration, &mut Path),
+    ) -> Run {
+        let mut pongs: VecDeque<(Instant, u32)> = VecDeque::new();
+        let mut shown = Vec::new();
+        let mut t = t0;
+        let mut last_tick = t0;
+        let end = t0 + Duration::from_secs_f64(secs);
+        while t < end {
+            step(t - t0, path);
+            while pongs.front().is_some_and(|(at, _)| *at <= t) {
+                let (at, id) = pongs.pop_front().unwrap();
+                rc.on_pong(at, id);
+            }
+            if t - last_tick >= Duration::from_millis(100) {
+                rc.on_tick(t);
+                last_tick = t;
+            }
+            if rc.may_send(t) {
+                let bytes = (f64::from(rc.encoder_kbps()) * 1000.0 / 8.0 / 30.0) as usize;
+                let ping = rc.want_ping(t, false);
+                let (block, done) = path.write(t, bytes + 18);
+                let written = t + block;
+                rc.on_sent(written, bytes + 18, Some(bytes), block, P);
+                if let Some(id) = ping {
+                    pongs.push_back((done + path.base, id));
+                }
+                shown.push((t, done + path.base / 2));
+            }
+            t += P;
+        }
+        Run { shown }
+    }
+
+    fn rc_720p(t0: Instant) -> RateControl {
+        let mut rc = RateControl::new(RateLimits::default(), 30, t0);
+        rc.set_stream_size(1280, 720);
+        rc
+    }
+
+    #[test]
+    fn a_deep_buffer_is_kept_empty_by_the_delay_signal() {
+        let t0 = Instant::now();
+        let mut rc = rc_720p(t0);
+        // 1.5 Mbit/s behind a 2 s buffer: the socket never blocks.
+        let mut path = Path {
+            kbps: 1500.0,
+            depth: Duration::from_secs(2),
+            base: Duration::from_millis(10),
+            busy_until: None,
+        };
+        let run = drive(&mut rc, &mut path, t0, 30.0, &|_, _| {});
+        let (from, to) = (t0 + Duration::from_secs(5), t0 + Duration::from_secs(30));
+        let p90 = run.p90(from, to);
+        let fps = run.fps(from, to);
+        assert!(p90 <= Duration::from_millis(250), "p90 age {p90:?}");
+        assert!(fps >= 15.0, "{fps} fps");
+        let k = rc.target_kbps();
+        assert!(
+            (700..=1600).contains(&k),
+            "target {k} for a 1.5 Mbit/s link"
+        );
+        assert!(rc.delay_cuts() > 0);
+        // Without the delay signal (no pongs: a client that never answers) the same link
+        // holds seconds of frames: what the signal is for.
+        let mut deaf = rc_720p(t0);
+        let mut path = Path {
+            kbps: 1500.0,
+            depth: Duration::from_secs(2),
+            base: Duration::from_millis(10),
+            busy_until: None,
+        };
+        let mut pongs_lost = drive_deaf(&mut deaf, &mut path, t0, 30.0);
+        pongs_lost.sort();
+        assert!(pongs_lost[pongs_lost.len() / 2] > Duration::from_secs(1));
+    }
+
+    /// As [`drive`], for a client that never answers pings: (ages after the first 5 s).
+    fn drive_deaf(rc: &mut RateControl, path: &mut Path, t0: Instant, secs: f64) -> Vec<Duration> {
+        let mut ages = Vec::new();
+        let mut t = t0;
+        while t < t0 + Duration::from_secs_f64(secs) {
+            rc.on_tick(t);
+            if rc.may_send(t) {
+                let bytes = (f64::from(rc.encoder_kbps()) * 1000.0 / 8.0 / 30.0) as usize;
+                let (block, done) = path.write(t, bytes);
+                rc.on_sent(t + block, bytes, Some(bytes), block, P);
+                if t >= t0 + Duration::from_secs(5) {
+                    ages.push(done - t);
+                }
+            }
+            t += P;
+        }
+        ages
+    }
+
+    #[test]
+    fn a_slow_deep_link_keeps_frames_young() {
+        let t0 = Instant::now();
+        let mut rc = rc_720p(t0);
+        let mut path = Path {
+            kbps: 500.0,
+            depth: Duration::from_secs(2),
+            base: Duration::from_millis(20),
+            busy_until: None,
+        };
+        let run = drive(&mut rc, &mut path, t0, 30.0, &|_, _| {});
+        let (from, to) = (t0 + Duration::from_secs(5), t0 + Duration::from_secs(30));
+        let p90 = run.p90(from, to);
+        assert!(p90 <= Duration::from_millis(400), "p90 age {p90:?}");
+        assert!(run.fps(from, to) >= 5.0, "{} fps", run.fps(from, to));
+        assert!(rc.target_kbps() <= 550, "target {}", rc.target_kbps());
+    }
+
+    #[test]
+    fn a_shallow_buffer_still_works() {
+        let t0 = Instant::now();
+        let mut rc = rc_720p(t0);
+        // 4 Mbit/s with 50 ms of buffer: the socket blocks as well.
+        let mut path = Path {
+            kbps: 4000.0,
+            depth: Duration::from_millis(50),
+            base: Duration::from_millis(2),
+            busy_until: None,
+        };
+        let run = drive(&mut rc, &mut path, t0, 20.0, &|_, _| {});
+        let (from, to) = (t0 + Duration::from_secs(5), t0 + Duration::from_secs(20));
+        assert!(
+            run.p90(from, to) <= Duration::from_millis(150),
+            "{:?}",
+            run.p90(from, to)
+        );
+        assert!(run.fps(from, to) >= 25.0, "{}", run.fps(from, to));
+        let k = rc.target_kbps();
+        assert!((2500..=4400).contains(&k), "target {k}");
+    }
+
+    #[test]
+    fn a_bandwidth_step_down_recovers_within_a_second_and_a_half() {
+        let t0 = Instant::now();
+        let mut rc = rc_720p(t0);
+        let mut path = Path {
+            kbps: 20_000.0,
+            depth: Duration::from_secs(2),
+            base: Duration::from_millis(10),
+            busy_until: None,
+        };
+        let step_at = Duration::from_secs(10);
+        let run = drive(&mut rc, &mut path, t0, 25.0, &|e, p| {
+            p.kbps = if e < step_at { 20_000.0 } else { 2_000.0 };
+        });
+        let step = t0 + step_at;
+        // Before: the full rate, young frames.
+        assert!(run.p90(t0 + Duration::from_secs(5), step) <= Duration::from_millis(60));
+        // After: the first frame from which every frame for a second is under 300 ms.
+        let after: Vec<(Instant, Duration)> = run
+            .shown
+            .iter()
+            .filter(|(c, _)| *c >= step)
+            .map(|(c, s)| (*c, *s - *c))
+            .collect();
+        let back = after
+            .iter()
+            .position(|(c, _)| {
+                after
+                    .iter()
+                    .filter(|(c2, _)| *c2 >= *c && *c2 < *c + Duration::from_secs(1))
+                    .all(|(_, a)| *a < Duration::from_millis(300))
+            })
+            .map(|i| after[i].0 - step)
+            .expect("never recovered");
+        assert!(
+            back <= Duration::from_millis(1500),
+            "back under 300 ms after {back:?}"
+        );
+        let k = rc.target_kbps();
+        assert!((1000..=2200).contains(&k), "target {k} after the step");
+        assert!(run.fps(step + Duration::from_secs(5), t0 + Duration::from_secs(25)) >= 15.0);
+    }
+
     #[test]
     fn never_below_the_minimum() {
         let mut t = Instant::now();
@@ -690,6 +1062,8 @@ mod tests {
 /// make it reschedule its queues.
 /// The most D is raised to for codecs whose late frames the client still shows.
 pub const GST_MAX_MARGIN_MS: u32 = 30;
+/// The most D is ever raised to by default (`--max-display-delay`).
+pub const DEFAULT_MAX_MARGIN_MS: u32 = 100;
 
 pub struct MmTuner {
     margin_ms: u32,
@@ -703,10 +1077,17 @@ pub struct MmTuner {
 
 impl MmTuner {
     pub fn new(initial_ms: u32) -> Self {
+        Self::with_max(initial_ms, DEFAULT_MAX_MARGIN_MS)
+    }
+
+    /// A tuner that never sets D above `max_ms` (at least 5 ms): the client's display delay
+    /// is not a buffer for queueing on the link.
+    pub fn with_max(initial_ms: u32, max_ms: u32) -> Self {
+        let max_ms = max_ms.max(5);
         MmTuner {
-            margin_ms: initial_ms.clamp(5, 400),
+            margin_ms: initial_ms.clamp(5, max_ms),
             min_ms: 5,
-            max_ms: 400,
+            max_ms,
             target_ms: 10,
             late_reports: 0,
             early_reports: 0,
@@ -718,15 +1099,19 @@ impl MmTuner {
         self.margin_ms
     }
 
-    /// A report arrived. Returns the new D when it changed.
+    /// A report arrived. `congested`: the link is queueing (its rate control says so), so
+    /// frames that arrive late are the link's doing and must cut the rate, not raise D.
+    /// Returns the new D when it changed.
     pub fn on_report(
         &mut self,
         now: Instant,
         mjpeg: bool,
         last_frame_delay: i32,
         num_drops: u32,
+        congested: bool,
     ) -> Option<u32> {
-        let late = last_frame_delay < 0 || (mjpeg && num_drops > 0 && num_drops != u32::MAX);
+        let late = !congested
+            && (last_frame_delay < 0 || (mjpeg && num_drops > 0 && num_drops != u32::MAX));
         let early = last_frame_delay > 3 * self.target_ms;
         self.late_reports = if late { self.late_reports + 1 } else { 0 };
         self.early_reports = if early { self.early_reports + 1 } else { 0 };
@@ -773,14 +1158,14 @@ mod mm_tests {
         let t0 = Instant::now();
         let mut m = MmTuner::new(10);
         // MJPEG frames arriving 3 ms late are being dropped by the client: raise now.
-        assert_eq!(m.on_report(t0, true, -3, 2), Some(23));
+        assert_eq!(m.on_report(t0, true, -3, 2, false), Some(23));
         // Not again within half a second.
         assert_eq!(
-            m.on_report(t0 + Duration::from_millis(100), true, -1, 1),
+            m.on_report(t0 + Duration::from_millis(100), true, -1, 1, false),
             None
         );
         assert_eq!(
-            m.on_report(t0 + Duration::from_millis(700), true, -1, 1),
+            m.on_report(t0 + Duration::from_millis(700), true, -1, 1, false),
             Some(34)
         );
     }
@@ -789,42 +1174,64 @@ mod mm_tests {
     fn gstreamer_codecs_need_two_late_reports_and_large_margins_shrink_slowly() {
         let t0 = Instant::now();
         let mut m = MmTuner::new(20);
-        assert_eq!(m.on_report(t0, false, -4, 5), None);
+        assert_eq!(m.on_report(t0, false, -4, 5, false), None);
         assert_eq!(
-            m.on_report(t0, false, -4, 5),
+            m.on_report(t0, false, -4, 5, false),
             Some(30),
             "capped: late H.264 frames are shown anyway"
         );
         assert_eq!(
-            m.on_report(t0 + Duration::from_secs(1), false, -40, 5),
+            m.on_report(t0 + Duration::from_secs(1), false, -40, 5, false),
             None
         );
         assert_eq!(
-            m.on_report(t0 + Duration::from_secs(1), false, -40, 5),
+            m.on_report(t0 + Duration::from_secs(1), false, -40, 5, false),
             None,
             "stays at the cap"
         );
         // Comfortably early: lowered only after three such reports and two quiet seconds.
         let t1 = t0 + Duration::from_secs(3);
-        assert_eq!(m.on_report(t1, false, 60, 0), None);
-        assert_eq!(m.on_report(t1, false, 60, 0), None);
+        assert_eq!(m.on_report(t1, false, 60, 0, false), None);
+        assert_eq!(m.on_report(t1, false, 60, 0, false), None);
         assert_eq!(
-            m.on_report(t1, false, 60, 0),
+            m.on_report(t1, false, 60, 0, false),
             Some(5),
             "34 - 50, floored at 5"
         );
         // A margin near the target is left alone.
         for i in 0..10 {
             assert_eq!(
-                m.on_report(t1 + Duration::from_secs(3 + i), false, 12, 0),
+                m.on_report(t1 + Duration::from_secs(3 + i), false, 12, 0, false),
                 None
             );
         }
     }
 
     #[test]
+    fn lateness_on_a_congested_link_does_not_raise_the_margin_and_the_margin_is_capped() {
+        let t0 = Instant::now();
+        let mut m = MmTuner::new(20);
+        for i in 0..10 {
+            let t = t0 + Duration::from_secs(i);
+            assert_eq!(m.on_report(t, true, -300, 5, true), None);
+        }
+        assert_eq!(m.margin_ms(), 20);
+        // Not congested: MJPEG lateness raises it, never past the cap.
+        for i in 10..30 {
+            m.on_report(t0 + Duration::from_secs(i), true, -300, 5, false);
+        }
+        assert_eq!(m.margin_ms(), DEFAULT_MAX_MARGIN_MS);
+        let mut m = MmTuner::with_max(20, 400);
+        for i in 0..30 {
+            m.on_report(t0 + Duration::from_secs(i), true, -300, 5, false);
+        }
+        assert_eq!(m.margin_ms(), 400, "a user may allow more");
+        assert_eq!(MmTuner::with_max(500, 50).margin_ms(), 50);
+    }
+
+    #[test]
     fn the_unsupported_stream_report_is_not_lateness() {
         let mut m = MmTuner::new(20);
-        assert_eq!(m.on_report(Instant::now(), true, 5, u32::MAX), None);
+        assert_eq!(m.on_report(Instant::now(), true, 5, u32::MAX, false), None);
     }
 }

@@ -40,7 +40,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve a display source to SPICE clients until SIGINT or SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Render one demo frame to a PPM file: exactly the picture `serve` produced at capture
     /// time UNIX_MS when its animation started at START_UNIX_MS (exported as the metric
     /// scanoutd_source_start_unix_ms), assuming no input. Used to compare what a client shows
@@ -285,6 +285,11 @@ struct ServeArgs {
     /// small keeps latency low; it must cover encode plus network time.
     #[arg(long, default_value_t = 20, value_name = "MS")]
     mm_time_margin: u32,
+    /// The most the server raises that margin to when frames arrive late (only for late
+    /// frames the client would drop, i.e. MJPEG; a congested link cuts the bitrate instead,
+    /// since a larger margin is only more delay).
+    #[arg(long, default_value_t = spice_server::DEFAULT_MAX_MARGIN_MS, value_name = "MS")]
+    max_display_delay: u32,
     /// Directory of encoder pipeline TOML files overriding or adding to the built-in ones.
     #[arg(long, value_name = "DIR")]
     pipelines: Option<PathBuf>,
@@ -541,6 +546,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         source_fps: args.fps,
         stream_max_bits_per_pixel: args.max_bits_per_pixel,
         mm_time_margin_ms: args.mm_time_margin,
+        mm_time_max_ms: args.max_display_delay.max(args.mm_time_margin),
         ..ServerConfig::default()
     };
     let metrics = Metrics::new();
@@ -663,7 +669,7 @@ fn main() -> Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     match cli.command {
-        Command::Serve(args) => rt.block_on(serve(args)),
+        Command::Serve(args) => rt.block_on(serve(*args)),
         Command::RenderDemo(args) => render_demo(args),
     }
 }
@@ -692,7 +698,7 @@ mod tests {
         let mut full = vec!["scanoutd", "serve"];
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full).unwrap().command {
-            Command::Serve(args) => args,
+            Command::Serve(args) => *args,
             other => panic!("not serve: {other:?}"),
         }
     }

@@ -54,6 +54,15 @@ pub(crate) fn draw_copy(frame: &Frame, rect: Rect, lz4: bool) -> Option<ServerMs
     }))
 }
 
+/// A PING for the delay probe (the timestamp is informative: pongs are matched by id).
+fn ping(id: u32) -> ServerMsg {
+    ServerMsg::Ping {
+        id,
+        timestamp: unix_ms(),
+        data: Vec::new(),
+    }
+}
+
 fn spice_rect(r: Rect) -> SpiceRect {
     SpiceRect {
         top: r.y as i32,
@@ -172,12 +181,17 @@ pub(crate) async fn run(
             while let Some(msg) = conn.next_message()? {
                 d.on_message(conn, msg).await?;
             }
-            // While a stream runs, the client's budget decides when it may take a frame;
-            // frames published meanwhile are merged (dropped before any encoding), encoded
-            // frames wait in the member's short queue (the hub resyncs it with a keyframe
-            // when it overflows).
-            let paced = d.stream.is_some() && !d.rate.may_send(Instant::now());
-            let wake = tokio::time::Instant::from_std(d.rate.next_send());
+            // The client's budget and its path (nothing more joins a queue on the way until
+            // it drains) decide when it may take a frame, video and drawables alike; frames
+            // published meanwhile are merged (dropped before any encoding), and the shared
+            // encoder encodes nothing for it until it may send (encoded frames wait in the
+            // member's short queue; the hub resyncs it with a keyframe when it overflows).
+            let now = Instant::now();
+            let paced = !d.rate.may_send(now);
+            if let Some(st) = &d.stream {
+                st.member.set_ready(!paced);
+            }
+            let wake = tokio::time::Instant::from_std(d.rate.wake_at(now));
             tokio::select! {
                 biased;
                 _ = session.cancel.cancelled() => return Ok(()),
@@ -209,6 +223,21 @@ pub(crate) async fn run(
 
 impl Display<'_> {
     async fn on_message(&mut self, conn: &mut Conn, msg: ClientMsg) -> Result<(), ServerError> {
+        if let ClientMsg::Pong { id, .. } = msg {
+            // Everything written before that ping has reached the client.
+            let cut = self.rate.on_pong(Instant::now(), id);
+            self.stats.pongs.fetch_add(1, Relaxed);
+            self.stats.rtt_min_ms.store(self.rate.min_rtt_ms(), Relaxed);
+            self.stats
+                .queue_delay_ms
+                .store(self.rate.queue_delay_ms(), Relaxed);
+            if cut {
+                self.stats.delay_cuts.fetch_add(1, Relaxed);
+                tracing::debug!(peer = %conn.peer, display = self.id, "the path queues ({} ms above a {} ms RTT): target now {} kbit/s, {:.1} fps", self.rate.queue_delay_ms(), self.rate.min_rtt_ms(), self.rate.target_kbps(), self.rate.frame_rate());
+                self.apply_bitrate(conn).await;
+            }
+            return Ok(());
+        }
         let Some(msg) = crate::channels::common(conn, msg) else {
             return Ok(());
         };
@@ -260,7 +289,13 @@ impl Display<'_> {
                         .mm
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .on_report(Instant::now(), mjpeg, r.last_frame_delay, r.num_drops);
+                        .on_report(
+                            Instant::now(),
+                            mjpeg,
+                            r.last_frame_delay,
+                            r.num_drops,
+                            self.rate.congested(Instant::now()),
+                        );
                     if let Some(d) = tuned {
                         tracing::debug!(peer = %conn.peer, display = self.id, "client reports a frame margin of {} ms: frames now due {d} ms after capture", r.last_frame_delay);
                         self.session.mm_margin_ms.store(d, Relaxed);
@@ -379,6 +414,21 @@ impl Display<'_> {
         // moves up to its peers' once its hold is over.
         self.rate.on_tick(now);
         self.apply_bitrate(conn).await;
+        // A quiet channel still measures its path, so the RTT baseline stays current.
+        if conn.out_len() == 0 {
+            if let Some(id) = self.rate.want_ping(now, true) {
+                conn.queue(&ping(id));
+                let sent = conn.flush().await?;
+                self.stats.bytes_sent.fetch_add(sent as u64, Relaxed);
+                self.rate.on_sent(
+                    Instant::now(),
+                    sent,
+                    None,
+                    Duration::ZERO,
+                    self.frame_period,
+                );
+            }
+        }
         Ok(())
     }
 
@@ -650,6 +700,12 @@ impl Display<'_> {
         stream_bytes: Option<usize>,
     ) -> Result<(), ServerError> {
         let start = Instant::now();
+        // A ping rides at the end of the batch: its pong says the whole batch arrived.
+        if conn.out_len() > 0 {
+            if let Some(id) = self.rate.want_ping(start, false) {
+                conn.queue(&ping(id));
+            }
+        }
         let sent = conn.flush().await?;
         let now = Instant::now();
         let write_time = if std::mem::take(&mut self.bulk) {

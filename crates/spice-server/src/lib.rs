@@ -40,7 +40,7 @@ use tokio_util::task::TaskTracker;
 
 pub use auth::{Ticketing, MAX_PASSWORD_LEN};
 pub use metrics::{write_family, ClientStats, Histogram, MetricKind, Metrics};
-pub use rate::RateLimits;
+pub use rate::{RateLimits, DEFAULT_MAX_MARGIN_MS};
 pub use scanoutd_engine::{EncodeHub, HubStats, StreamMode, StreamTuning};
 
 /// The most displays one server serves ([`SpiceServer::with_displays`]).
@@ -136,6 +136,9 @@ pub struct ServerConfig {
     /// How far the client's multimedia clock is set behind the server's (the SPICE "D"):
     /// frames are due `mm_time_margin_ms` after capture.
     pub mm_time_margin_ms: u32,
+    /// The most the server ever raises that margin to (late frames on a congested link cut
+    /// the bitrate instead): the client's display delay is not a buffer for queueing.
+    pub mm_time_max_ms: u32,
     /// When to use video streams.
     pub stream_mode: StreamMode,
     pub stream_tuning: StreamTuning,
@@ -163,6 +166,7 @@ impl Default for ServerConfig {
             max_client_message: 64 * 1024,
             compression: Compression::Auto,
             mm_time_margin_ms: 20,
+            mm_time_max_ms: rate::DEFAULT_MAX_MARGIN_MS,
             stream_mode: StreamMode::Auto,
             stream_tuning: StreamTuning::default(),
             codecs: vec![

@@ -272,7 +272,10 @@ fn new_session(server: &Arc<SpiceServer>) -> Arc<Session> {
         mouse_mode: AtomicU16::new(MOUSE_MODE_CLIENT),
         mm_margin_ms: AtomicU32::new(server.cfg.mm_time_margin_ms),
         mm_changed: tokio::sync::Notify::new(),
-        mm: std::sync::Mutex::new(MmTuner::new(server.cfg.mm_time_margin_ms)),
+        mm: std::sync::Mutex::new(MmTuner::with_max(
+            server.cfg.mm_time_margin_ms,
+            server.cfg.mm_time_max_ms,
+        )),
         mouse_mode_changed: tokio::sync::Notify::new(),
     });
     for s in &session.stats {

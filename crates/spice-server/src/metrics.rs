@@ -131,6 +131,14 @@ pub struct ClientStats {
     pub bitrate_kbps: AtomicU64,
     /// The client's multimedia-clock offset D, ms.
     pub mm_margin_ms: AtomicU64,
+    /// The display channel's RTT baseline (lowest of the last 20 s), ms, from PING/PONG.
+    pub rtt_min_ms: AtomicU64,
+    /// The last queueing delay measured above that baseline, ms.
+    pub queue_delay_ms: AtomicU64,
+    /// Bitrate cuts made because the path queued.
+    pub delay_cuts: AtomicU64,
+    /// PONGs the client answered on the display channel.
+    pub pongs: AtomicU64,
     /// 0 = no stream, otherwise 1 + index in `Codec::ALL`.
     codec: AtomicU8,
     pub encode_ms: Histogram,
@@ -350,12 +358,36 @@ impl Metrics {
                 })
             })
             .collect();
-        let per_client: [(&str, MetricKind, &str, StatGetter); 9] = [
+        let per_client: [(&str, MetricKind, &str, StatGetter); 13] = [
             (
                 "scanoutd_client_mm_margin_ms",
                 MetricKind::Gauge,
                 "How long after capture the client shows a video frame (SPICE mm-time offset), ms.",
                 |s| s.mm_margin_ms.load(Relaxed),
+            ),
+            (
+                "scanoutd_client_rtt_min_ms",
+                MetricKind::Gauge,
+                "A client's display-channel RTT baseline (lowest PING/PONG round trip of the last 20 s), ms.",
+                |s| s.rtt_min_ms.load(Relaxed),
+            ),
+            (
+                "scanoutd_client_queue_delay_ms",
+                MetricKind::Gauge,
+                "The last queueing delay measured on a client's path above its RTT baseline, ms.",
+                |s| s.queue_delay_ms.load(Relaxed),
+            ),
+            (
+                "scanoutd_client_pongs_total",
+                MetricKind::Counter,
+                "PONGs a client answered on its display channel (each times the path to it).",
+                |s| s.pongs.load(Relaxed),
+            ),
+            (
+                "scanoutd_client_delay_cuts_total",
+                MetricKind::Counter,
+                "Bitrate cuts made because a client's path queued (end-to-end delay rose).",
+                |s| s.delay_cuts.load(Relaxed),
             ),
             (
                 "scanoutd_client_updates_sent_total",

@@ -126,6 +126,59 @@ async fn first_frame_is_pixel_exact_with_lz4_and_raw() {
     assert_surface_eq(&raw, &frame);
 }
 
+/// Values of the per-client series `name` in the server's metrics.
+fn per_client(h: &Harness, name: &str) -> Vec<f64> {
+    let mut text = String::new();
+    h.metrics.render(&mut text);
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_time_the_path_and_a_client_that_never_answers_is_not_held() {
+    let h = start(ServerConfig::default()).await;
+    h.bus
+        .publish(Arc::new(pattern(96, 64, 1, false)), &Damage::full(96, 64));
+    let mut good = TestClient::connect(h.addr, "").await.unwrap();
+    let mut deaf = TestClient::connect(h.addr, "").await.unwrap();
+    deaf.display.answer_pings = false;
+    good.wait_ready(T).await.unwrap();
+    deaf.wait_ready(T).await.unwrap();
+    // Both follow a picture that changes every 50 ms for 5 s: the gate (nothing more sent
+    // while what is in flight is unanswered) holds the deaf one at most for the first few
+    // seconds, never for good.
+    let mut last = None;
+    for seq in 2..=100u64 {
+        let f = pattern(96, 64, seq, false);
+        h.bus.publish(Arc::new(f.clone()), &Damage::full(96, 64));
+        last = Some(f);
+        let until = tokio::time::Instant::now() + Duration::from_millis(50);
+        for c in [&mut good, &mut deaf] {
+            while let Ok(Ok(m)) = tokio::time::timeout_at(until, c.display.recv(T)).await {
+                c.surface.apply(&m).unwrap();
+            }
+        }
+    }
+    let want = last.unwrap();
+    for c in [&mut good, &mut deaf] {
+        c.pump_until(T, |s| surface_matches(s, &want))
+            .await
+            .unwrap();
+    }
+    let pongs = per_client(&h, "scanoutd_client_pongs_total");
+    assert_eq!(pongs.len(), 2, "{pongs:?}");
+    assert!(
+        pongs.contains(&0.0),
+        "the deaf client answered nothing: {pongs:?}"
+    );
+    assert!(
+        pongs.iter().any(|p| *p >= 20.0),
+        "the other one's path was timed all along: {pongs:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damage_updates_reach_the_client() {
     let h = start(ServerConfig::default()).await;

@@ -46,6 +46,9 @@ pub struct Channel {
     /// The server's capabilities from its link reply.
     pub server_common_caps: Caps,
     pub server_channel_caps: Caps,
+    /// Answer PINGs with PONGs as they are read (true, as spice-gtk; false: a client that
+    /// never answers).
+    pub answer_pings: bool,
 }
 
 /// The display capabilities spice-gtk 0.42 sends (0x6FBF) minus GL_SCANOUT.
@@ -138,6 +141,7 @@ impl Channel {
             rbuf,
             server_common_caps: reply.common_caps,
             server_channel_caps: reply.channel_caps,
+            answer_pings: true,
         })
     }
 
@@ -155,7 +159,17 @@ impl Channel {
             if let Some((ty, start, total)) = decode_frame(&self.rbuf, 512 * 1024 * 1024)? {
                 let msg = ServerMsg::decode(self.kind, ty, &self.rbuf[start..total]);
                 self.rbuf.advance(total);
-                return Ok(msg?);
+                let msg = msg?;
+                // As spice-gtk does: a PING is answered when it is read, after everything
+                // before it.
+                if let (true, ServerMsg::Ping { id, timestamp, .. }) = (self.answer_pings, &msg) {
+                    self.send(&ClientMsg::Pong {
+                        id: *id,
+                        timestamp: *timestamp,
+                    })
+                    .await?;
+                }
+                return Ok(msg);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match timeout(left, self.stream.read_buf(&mut self.rbuf)).await {

@@ -11,7 +11,12 @@
 # 3. bench/lag.py: the lag scenario (a client behind a 4 Mbit/s tbf link, one on loopback) with
 #    the millisecond figures the test does not assert; writes $E2E_ARTIFACTS/bench/lag.json
 #    (about 1.5 minutes, root only). Skip it with LAG_BENCH=0.
-# 4. bench/shared.py: server CPU for 1, 2 and 4 clients of one display at 720p30/60 (shared
+# 4. bench/wan.py: the WAN links of tests/e2e/test_wan.py (a 4 Mbit/s link with a 50 ms queue,
+#    deep 2 s queues at 1.5 Mbit/s and 500 kbit/s, a 1.5 Mbit/s SSH-tunnel-like relay, a deep
+#    link stepping from 20 to 2 Mbit/s): age p50/p90/p99, fps, kbit/s against the link, the
+#    step's recovery, each against its target; writes $E2E_ARTIFACTS/bench/wan.json (about 5
+#    minutes, root only). Skip it with WAN_BENCH=0.
+# 5. bench/shared.py: server CPU for 1, 2 and 4 clients of one display at 720p30/60 (shared
 #    encoders), pixel bytes copied per frame, a two-codec case; writes
 #    $E2E_ARTIFACTS/bench/shared.json (about 2.5 minutes). Skip it with SHARED_BENCH=0.
 # Options go to run.py. Runs with $PYTHON, default /usr/bin/python3 (needs python3-gi).
@@ -28,6 +33,11 @@ if [ "${LAG_BENCH:-1}" != 0 ]; then
   out="${E2E_ARTIFACTS:-/tmp/scanoutd-e2e}/bench"
   mkdir -p "$out"
   "$py" "$here/lag.py" --json "$out/lag.json"
+fi
+if [ "${WAN_BENCH:-1}" != 0 ]; then
+  out="${E2E_ARTIFACTS:-/tmp/scanoutd-e2e}/bench"
+  mkdir -p "$out"
+  "$py" "$here/wan.py" --json "$out/wan.json"
 fi
 if [ "${SHARED_BENCH:-1}" != 0 ]; then
   out="${E2E_ARTIFACTS:-/tmp/scanoutd-e2e}/bench"

@@ -172,6 +172,13 @@ class NetLab:
               "burst", burst, "latency", latency])
         return self.qdisc_show(ns, dev, stats=False)
 
+    def tbf_change(self, ns, dev, rate, burst, latency):
+        """Change the token bucket `tbf()` put on `dev` in place (`tc qdisc change`: packets
+        already queued stay queued). Returns the `tc qdisc show` line."""
+        _run(["tc", "-n", ns, "qdisc", "change", "dev", dev, "root", "tbf", "rate", rate,
+              "burst", burst, "latency", latency])
+        return self.qdisc_show(ns, dev, stats=False)
+
     def qdisc_show(self, ns, dev, stats=True):
         argv = ["tc", "-n", ns] + (["-s"] if stats else []) + ["qdisc", "show", "dev", dev]
         return _run(argv, check=False).stdout.strip()

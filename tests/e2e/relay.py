@@ -5,16 +5,57 @@ relay shares the rate, as the channels of one SPICE client share a link.
     with Relay(target_port, kbps=1200) as r:
         client connects to 127.0.0.1:r.port
 
-Small socket buffers on the relay's upstream side let the server feel the backpressure the way
-it would on a real link with a shallow queue. Threads are daemon threads; stop() closes every
-socket and joins them (bounded).
+Small socket buffers on the relay's upstream side (32 KB, the default) let the server feel the
+backpressure the way it would on a real link with a shallow queue. Large ones (`rcvbuf` on the
+upstream socket, `sndbuf` on the client's side, a few MB) make an SSH-tunnel-like path instead:
+the relay takes in everything the server sends at once and passes it on at the fixed rate, so
+the server never feels backpressure directly and the data waits, seconds long, in the relay's
+buffers (tests/e2e/wanlink.py, profile relay-1.5m). Threads are daemon threads; stop() closes
+every socket and joins them (bounded).
+
+As a program (what RelayProcess and wanlink.py run):
+
+    python3 relay.py TARGET_PORT KBPS [--target-host H] [--bind H] [--port P]
+                     [--rcvbuf BYTES] [--sndbuf BYTES] [--stats FILE]
+
+prints `port N` once listening; with --stats it appends one JSON line a second:
+{"t": unix s, "bytes_down": carried towards the clients so far, "connections": n,
+ "queued_in": bytes waiting in the upstream sockets' receive queues (SIOCINQ),
+ "queued_out": bytes not yet acknowledged by the clients (SIOCOUTQ), "rcvbuf"/"sndbuf": the
+ buffer sizes the kernel granted (it doubles the request)}.
 """
 
+import fcntl
+import json
 import socket
+import struct
+import termios
 import threading
 import time
 
 CHUNK = 1400
+SMALL_BUF = 32 * 1024
+
+
+def _set_buf(sock, opt, force_opt, size):
+    """Set a socket buffer; as root past net.core.[rw]mem_max (SO_*BUFFORCE). Returns the size
+    the kernel granted."""
+    try:
+        if force_opt is None:
+            raise OSError("no SO_*BUFFORCE")
+        sock.setsockopt(socket.SOL_SOCKET, force_opt, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, opt, size)
+    return sock.getsockopt(socket.SOL_SOCKET, opt)
+
+
+def _queued(sock, req):
+    """Bytes in a TCP socket's receive (termios.FIONREAD = SIOCINQ) or unacknowledged send
+    (termios.TIOCOUTQ = SIOCOUTQ) queue; 0 once closed."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), req, b"\0" * 4))[0]
+    except (OSError, ValueError):
+        return 0
 
 
 class Bucket:
@@ -41,19 +82,24 @@ class Bucket:
 
 
 class Relay:
-    def __init__(self, target_port, kbps, target_host="127.0.0.1"):
+    def __init__(self, target_port, kbps, target_host="127.0.0.1", bind_host="127.0.0.1",
+                 port=0, rcvbuf=SMALL_BUF, sndbuf=SMALL_BUF):
         self.target = (target_host, target_port)
         self.bucket = Bucket(kbps)
+        self.rcvbuf, self.sndbuf = rcvbuf, sndbuf
+        self.granted = {}
         self.stop_ev = threading.Event()
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener.bind((bind_host, port))
         self.listener.listen(16)
         self.listener.settimeout(0.2)
         self.port = self.listener.getsockname()[1]
         self.threads = []
         self.sockets = []
+        self.pairs = []             # (client, upstream) per connection
         self.bytes_down = 0
+        self.count_lock = threading.Lock()
 
     def __enter__(self):
         t = threading.Thread(target=self._accept, daemon=True)
@@ -70,17 +116,32 @@ class Relay:
                 client, _ = self.listener.accept()
             except (socket.timeout, OSError):
                 continue
+            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                upstream = socket.create_connection(self.target, timeout=5)
+                if self.rcvbuf > SMALL_BUF:
+                    # a large buffer before connect(), so that the window scale offered in
+                    # the SYN lets the server fill all of it
+                    self.granted["rcvbuf"] = _set_buf(upstream, socket.SO_RCVBUF,
+                                                      getattr(socket, "SO_RCVBUFFORCE", None),
+                                                      self.rcvbuf)
+                upstream.settimeout(5)
+                upstream.connect(self.target)
             except OSError:
+                upstream.close()
                 client.close()
                 continue
             for s in (client, upstream):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 s.settimeout(0.2)
-            upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+            if self.rcvbuf <= SMALL_BUF:
+                # the small default after connect(), as it always was
+                self.granted["rcvbuf"] = _set_buf(upstream, socket.SO_RCVBUF, None, self.rcvbuf)
+            self.granted["sndbuf"] = _set_buf(
+                client, socket.SO_SNDBUF,
+                getattr(socket, "SO_SNDBUFFORCE", None) if self.sndbuf > SMALL_BUF else None,
+                self.sndbuf)
             self.sockets += [client, upstream]
+            self.pairs.append((client, upstream))
             for src, dst, throttled in ((client, upstream, False), (upstream, client, True)):
                 t = threading.Thread(target=self._pump, args=(src, dst, throttled), daemon=True)
                 t.start()
@@ -97,7 +158,8 @@ class Relay:
                     break
                 if throttled:
                     self.bucket.take(len(data), self.stop_ev)
-                    self.bytes_down += len(data)
+                    with self.count_lock:
+                        self.bytes_down += len(data)
                 view = memoryview(data)
                 while view and not self.stop_ev.is_set():
                     try:
@@ -113,6 +175,16 @@ class Relay:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def stats(self):
+        """What the relay carried and what waits in its buffers now (see the module doc)."""
+        pairs = list(self.pairs)
+        with self.count_lock:
+            down = self.bytes_down
+        return {"t": time.time(), "bytes_down": down, "connections": len(pairs),
+                "queued_in": sum(_queued(u, termios.FIONREAD) for _, u in pairs),
+                "queued_out": sum(_queued(c, termios.TIOCOUTQ) for c, _ in pairs),
+                "rcvbuf": self.granted.get("rcvbuf"), "sndbuf": self.granted.get("sndbuf")}
 
     def stop(self):
         self.stop_ev.set()
@@ -158,13 +230,41 @@ class RelayProcess:
                 self.proc.wait(timeout=5)
 
 
-if __name__ == "__main__":
+def main(argv=None):
+    import argparse
     import signal
-    import sys
-    r = Relay(int(sys.argv[1]), float(sys.argv[2]))
+    ap = argparse.ArgumentParser(description="a TCP relay carrying server-to-client at KBPS")
+    ap.add_argument("target_port", type=int)
+    ap.add_argument("kbps", type=float)
+    ap.add_argument("--target-host", default="127.0.0.1")
+    ap.add_argument("--bind", default="127.0.0.1", help="listening address")
+    ap.add_argument("--port", type=int, default=0, help="listening port (0: any free one)")
+    ap.add_argument("--rcvbuf", type=int, default=SMALL_BUF,
+                    help="SO_RCVBUF of each upstream socket, bytes")
+    ap.add_argument("--sndbuf", type=int, default=SMALL_BUF,
+                    help="SO_SNDBUF of each client-side socket, bytes")
+    ap.add_argument("--stats", help="append one JSON line of stats() a second to this file")
+    a = ap.parse_args(argv)
+    r = Relay(a.target_port, a.kbps, target_host=a.target_host, bind_host=a.bind, port=a.port,
+              rcvbuf=a.rcvbuf, sndbuf=a.sndbuf)
     r.__enter__()
     print(f"port {r.port}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: r.stop_ev.set())
+    out = open(a.stats, "a") if a.stats else None
+    nxt = time.monotonic()
     while not r.stop_ev.is_set():
         time.sleep(0.2)
+        if out is not None and time.monotonic() >= nxt:
+            nxt += 1.0
+            out.write(json.dumps(r.stats()) + "\n")
+            out.flush()
     r.stop()
+    if out is not None:
+        out.write(json.dumps(r.stats()) + "\n")
+        out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())

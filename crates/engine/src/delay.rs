@@ -6,8 +6,8 @@
 //! each when it has read and handled everything before it, so a PONG says: every byte
 //! written up to that PING has reached the client, `rtt` after it was written. From that:
 //!
-//! - **Baseline**: the lowest RTT of the last [`MIN_RTT_WINDOW`] (a route that changes is
-//!   forgotten after that).
+//! - **Baseline**: the lowest RTT of the last [`MIN_RTT_WINDOW`], each less its batch's
+//!   serialization at the measured link rate (a route that changes is forgotten after that).
 //! - **Queueing delay** of a ping: its RTT less the baseline less the time its own batch needs
 //!   to cross the link at the measured link rate (a big frame on a slow link is not a queue).
 //!   Growth of this means the path is full, whatever the local socket says: buffers the
@@ -51,7 +51,14 @@ pub struct DelaySample {
     /// The delivery rate this pong completed, kbit/s (`None`: too short a span, or the link
     /// was idle during it).
     pub delivery_kbps: Option<f64>,
+    /// The first answer on this channel. Its delivery rate, when the channel began with a
+    /// burst of at least [`INITIAL_BURST`] bytes (the first picture), is what that burst
+    /// took to arrive: a first measure of the link before any stream starts.
+    pub initial: bool,
 }
+
+/// A first batch at least this big measures the link by its own delivery.
+pub const INITIAL_BURST: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 struct Ping {
@@ -85,6 +92,8 @@ pub struct DelayProbe {
     rates: VecDeque<(Instant, f64)>,
     last: Option<DelaySample>,
     answered: u64,
+    /// When the first ping was asked for (just before the channel's first write).
+    started: Option<Instant>,
 }
 
 impl Default for DelayProbe {
@@ -105,6 +114,7 @@ impl DelayProbe {
             rates: VecDeque::new(),
             last: None,
             answered: 0,
+            started: None,
         }
     }
 
@@ -128,6 +138,7 @@ impl DelayProbe {
             batch: 0,
         });
         self.last_ping = Some(now);
+        self.started.get_or_insert(now);
         Some(id)
     }
 
@@ -182,18 +193,30 @@ impl DelayProbe {
         // Pongs come in order; an earlier ping left unanswered will never be.
         self.pending.drain(..=i);
         let pos = ping.pos?;
+        let initial = self.answered == 0;
         self.answered += 1;
         let rtt = now.saturating_duration_since(ping.sent);
-        self.note_rtt(now, rtt);
-        let delivery_kbps = self.note_ack(now, pos);
-        let base = self.min_rtt().unwrap_or(rtt);
+        let mut delivery_kbps = self.note_ack(now, pos);
+        if let (true, Some(start)) = (initial && pos >= INITIAL_BURST, self.started) {
+            // Everything so far took this long to arrive (a lower bound of the link rate:
+            // the RTT is in it too).
+            let secs = now.duration_since(start).as_secs_f64().max(1e-3);
+            let kbps = pos as f64 * 8.0 / secs / 1000.0;
+            self.rates.push_back((now, kbps));
+            delivery_kbps = Some(kbps);
+        }
         let serialize = self.link_kbps().map_or(Duration::ZERO, |k| {
             Duration::from_secs_f64(ping.batch as f64 * 8.0 / (k.max(1.0) * 1000.0))
         });
+        // The baseline is the path's own delay, without the time a batch takes to cross it
+        // (the first picture's seconds on a slow link are no RTT).
+        self.note_rtt(now, rtt.saturating_sub(serialize));
+        let base = self.min_rtt().unwrap_or(rtt);
         let sample = DelaySample {
             rtt,
             queue_delay: rtt.saturating_sub(base).saturating_sub(serialize),
             delivery_kbps,
+            initial,
         };
         self.last = Some(sample);
         Some(sample)
@@ -399,6 +422,34 @@ mod tests {
         let s = p.on_pong(at, id).unwrap();
         assert!(s.rtt > ms(300));
         assert!(s.queue_delay < ms(40), "{s:?}");
+    }
+
+    #[test]
+    fn the_first_picture_measures_the_link() {
+        let t0 = Instant::now();
+        let mut p = DelayProbe::new();
+        let mut link = Link {
+            kbps: 500.0,
+            base: ms(20),
+            busy_until: None,
+        };
+        // A 400 KB first picture: 6.4 s at 500 kbit/s.
+        let id = p.want_ping(t0, false).unwrap();
+        p.on_written(t0 + ms(50), 400_000);
+        let at = link.deliver(t0, 400_000);
+        let s = p.on_pong(at, id).unwrap();
+        assert!(s.initial);
+        let k = s.delivery_kbps.unwrap();
+        assert!((480.0..=500.0).contains(&k), "{k}");
+        assert_eq!(p.link_kbps(), Some(k));
+        // Its seconds are serialization, not the path's RTT.
+        assert!(p.min_rtt().unwrap() < ms(200), "{:?}", p.min_rtt());
+        // A small first batch says nothing.
+        let mut p = DelayProbe::new();
+        let id = p.want_ping(t0, false).unwrap();
+        p.on_written(t0, 2_000);
+        let s = p.on_pong(t0 + ms(30), id).unwrap();
+        assert!(s.initial && s.delivery_kbps.is_none());
     }
 
     #[test]

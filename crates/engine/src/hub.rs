@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use scanoutd_ring::FrameBus;
-use scanoutd_types::{Codec, EncoderFactory, Rect, VideoEncoder};
+use scanoutd_types::{half_size, Codec, EncoderFactory, Rect, VideoEncoder};
 use tokio::sync::{watch, Notify};
 
 use crate::policy::{StreamAction, StreamMode, StreamPolicy, StreamTuning};
@@ -104,6 +104,19 @@ struct Key {
     kbps: u32,
     /// A client's own encoder (never shared), by a number unique in the hub.
     own: Option<u64>,
+    /// Encoded at half resolution ([`scanoutd_types::half_size`]; the client scales it up).
+    half: bool,
+}
+
+impl Key {
+    /// The size frames are encoded at.
+    fn encoded_size(&self) -> (u32, u32) {
+        if self.half {
+            half_size(self.rect.w, self.rect.h)
+        } else {
+            (self.rect.w, self.rect.h)
+        }
+    }
 }
 
 struct MemberInner {
@@ -235,6 +248,11 @@ impl Member {
         }
     }
 
+    /// The size this member's frames are encoded at (the rect's, or half of it).
+    pub fn encoded_size(&self) -> (u32, u32) {
+        self.shared.key.encoded_size()
+    }
+
     /// Whether this is the client's own encoder ([`EncodeHub::join_own`]).
     pub fn is_own(&self) -> bool {
         self.shared.key.own.is_some()
@@ -361,25 +379,34 @@ impl EncodeHub {
     /// Join the encoder of (`codec`, `rect`, `kbps`), creating it when there is none. The
     /// member's first frame is a keyframe, forced now.
     pub async fn join(&self, codec: Codec, rect: Rect, kbps: u32) -> Result<Member, String> {
-        self.join_key(Key {
-            codec,
-            rect,
-            kbps,
-            own: None,
-        })
-        .await
+        self.join_as(codec, rect, kbps, false, false).await
     }
 
     /// An encoder of this client's own (never shared), whose bitrate follows
     /// [`Member::set_bitrate`]: for a client whose link holds it below the shared tiers'
     /// ceiling, so its encoder can follow its rate control exactly.
     pub async fn join_own(&self, codec: Codec, rect: Rect, kbps: u32) -> Result<Member, String> {
+        self.join_as(codec, rect, kbps, false, true).await
+    }
+
+    /// [`Self::join`] (or with `own`, [`Self::join_own`]); with `half`, frames of `rect` are
+    /// encoded at half resolution ([`Member::encoded_size`]), for a link that cannot carry
+    /// the full size at a usable frame rate.
+    pub async fn join_as(
+        &self,
+        codec: Codec,
+        rect: Rect,
+        kbps: u32,
+        half: bool,
+        own: bool,
+    ) -> Result<Member, String> {
         static OWN: AtomicU64 = AtomicU64::new(1);
         self.join_key(Key {
             codec,
             rect,
             kbps,
-            own: Some(OWN.fetch_add(1, Relaxed)),
+            own: own.then(|| OWN.fetch_add(1, Relaxed)),
+            half,
         })
         .await
     }
@@ -389,6 +416,7 @@ impl EncodeHub {
         let Key {
             codec, rect, kbps, ..
         } = key;
+        let (ew, eh) = key.encoded_size();
         let existing = lock(&self.encoders)
             .iter()
             .find(|s| s.key == key && !s.failed.load(Relaxed))
@@ -398,12 +426,11 @@ impl EncodeHub {
             None => {
                 let factory = Arc::clone(&self.factory);
                 let fps = self.cfg.source_fps;
-                let made = tokio::task::spawn_blocking(move || {
-                    factory.create(codec, rect.w, rect.h, fps, kbps)
-                })
-                .await
-                .map_err(|e| format!("encoder start-up task failed: {e}"))?
-                .map_err(|e| e.0)?;
+                let made =
+                    tokio::task::spawn_blocking(move || factory.create(codec, ew, eh, fps, kbps))
+                        .await
+                        .map_err(|e| format!("encoder start-up task failed: {e}"))?
+                        .map_err(|e| e.0)?;
                 let s = Arc::new(Shared {
                     key,
                     name: made.name().to_string(),
@@ -519,7 +546,12 @@ async fn run(hub: Weak<EncodeHub>, sub: scanoutd_ring::Subscriber, cfg: HubConfi
             if !due {
                 continue;
             }
-            let Some((r, px)) = u.frame.extract(s.key.rect) else {
+            let extracted = if s.key.half {
+                u.frame.extract_half(s.key.rect)
+            } else {
+                u.frame.extract(s.key.rect)
+            };
+            let Some((r, px)) = extracted else {
                 continue;
             };
             if r != s.key.rect {
@@ -548,8 +580,9 @@ async fn run(hub: Weak<EncodeHub>, sub: scanoutd_ring::Subscriber, cfg: HubConfi
                             }
                         }
                     }
-                    enc.as_mut()
-                        .map(|e| e.encode(&px, s.key.rect.w as usize * 4, capture_ms, force))
+                    enc.as_mut().map(|e| {
+                        e.encode(&px, s.key.encoded_size().0 as usize * 4, capture_ms, force)
+                    })
                 };
                 (s, out, force)
             });
@@ -603,6 +636,9 @@ mod tests {
         creates: AtomicU64,
         encodes: AtomicU64,
         fail_at: AtomicU64,
+        /// Sizes encoders were created at, and the last input's (bytes, stride).
+        sizes: Mutex<Vec<(u32, u32)>>,
+        input: Mutex<(usize, usize)>,
     }
 
     struct Fake {
@@ -614,10 +650,11 @@ mod tests {
         fn encode(
             &mut self,
             bgrx: &[u8],
-            _stride: usize,
+            stride: usize,
             pts_ms: u64,
             force_keyframe: bool,
         ) -> Result<Option<EncodedFrame>, EncoderError> {
+            *lock(&self.log.input) = (bgrx.len(), stride);
             let n = self.log.encodes.fetch_add(1, Relaxed) + 1;
             let fail_at = self.log.fail_at.load(Relaxed);
             if fail_at != 0 && n >= fail_at {
@@ -650,12 +687,13 @@ mod tests {
         fn create(
             &self,
             codec: Codec,
-            _w: u32,
-            _h: u32,
+            w: u32,
+            h: u32,
             _fps: u32,
             _kbps: u32,
         ) -> Result<Box<dyn VideoEncoder>, EncoderError> {
             self.0.creates.fetch_add(1, Relaxed);
+            lock(&self.0.sizes).push((w, h));
             Ok(Box::new(Fake {
                 codec,
                 log: Arc::clone(&self.0),
@@ -714,6 +752,32 @@ mod tests {
             assert!(Instant::now() < deadline, "{what} within 5 s");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_half_resolution_member_gets_its_own_encoder_fed_half_size_frames() {
+        let (bus, hub, log) = rig();
+        publish(&bus, 1).await;
+        let full = hub.join(Codec::H264, ALL, 300).await.unwrap();
+        let half = hub
+            .join_as(Codec::H264, ALL, 300, true, false)
+            .await
+            .unwrap();
+        assert_eq!(
+            log.creates.load(Relaxed),
+            2,
+            "another size, another encoder"
+        );
+        assert_eq!(half.encoded_size(), (W / 2, H / 2));
+        assert_eq!(full.encoded_size(), (W, H));
+        assert_eq!(*lock(&log.sizes), vec![(W, H), (W / 2, H / 2)]);
+        drop(full);
+        publish(&bus, 2).await;
+        frames(&half, 1).await;
+        assert_eq!(
+            *lock(&log.input),
+            ((W / 2 * H / 2 * 4) as usize, (W / 2 * 4) as usize)
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

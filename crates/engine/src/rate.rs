@@ -17,7 +17,8 @@
 //!   alike) wait while the oldest byte in flight has been on its way longer than the baseline
 //!   plus [`GATE_DELAY`]: a queue that built up drains before more joins it, so the picture
 //!   the client shows is never older than a small bound, whatever the buffer's depth.
-//! - **Client reports** (STREAM_REPORT): sustained late frames cut the target by a quarter.
+//! - **Client reports** (STREAM_REPORT): sustained late frames cut the target by a quarter,
+//!   unless the path is measured to hold no queue (then lateness is not the link's doing).
 //! - **Probing**: after 2 s without a cut the target climbs 10 % per second, but only while
 //!   the queueing delay is under [`TARGET_DELAY`] and the stream actually uses most of it: an encoder that needs less than the target (simple
 //!   content) does not push the target past what the link has ever carried.
@@ -77,7 +78,7 @@ pub const GATE_DELAY: Duration = Duration::from_millis(100);
 /// A client that has not answered its first ping after this long is taken for one that
 /// never will (the gate then never holds it); a first picture that takes longer on a slow
 /// link only lets a few frames queue behind it.
-pub const NO_ANSWER: Duration = Duration::from_secs(3);
+pub const NO_ANSWER: Duration = Duration::from_secs(15);
 /// While frames wait for the gate, the caller looks again this often (a PONG also wakes it).
 const GATE_RECHECK: Duration = Duration::from_millis(20);
 /// After a cut on delay, the link counts as congested this long (late frames then are the
@@ -220,6 +221,13 @@ impl RateControl {
         (f64::from(self.effective_kbps()) * 1000.0 / min_bits).clamp(MIN_FPS, self.source_fps)
     }
 
+    /// The frame rate the link estimate would allow a stream of `pixels` while keeping every
+    /// frame readable (to judge another size for the stream).
+    pub fn fps_at(&self, pixels: u64) -> f64 {
+        let min_bits = MIN_BITS_PER_PIXEL * pixels.max(1) as f64;
+        (f64::from(self.target_kbps) * 1000.0 / min_bits).clamp(MIN_FPS, self.source_fps)
+    }
+
     /// The bitrate to configure the encoder with: the encoder spreads it over the source
     /// frame rate, so when fewer frames are taken each must get proportionally more.
     pub fn encoder_kbps(&self) -> u32 {
@@ -297,6 +305,14 @@ impl RateControl {
         Some(bytes as f64 * 8.0 / span.as_secs_f64())
     }
 
+    /// What the link carried lately, kbit/s: what was written over `span`, or what the client
+    /// was measured to receive while the path was busy, whichever is more (frames that waited
+    /// for the budget or the gate leave the written rate short of the link's).
+    fn carried_kbps(&self, now: Instant, span: Duration) -> f64 {
+        let written = self.window_rate(now, span).unwrap_or(0.0) / 1000.0;
+        written.max(self.probe.link_kbps().unwrap_or(0.0))
+    }
+
     fn cut_to(&mut self, now: Instant, kbps: u32) -> bool {
         if self
             .last_cut
@@ -319,7 +335,7 @@ impl RateControl {
     /// the stream's rate. Cut to what it carried recently (at most 0.85x, at least 0.5x of the
     /// target). Returns true when the target changed.
     pub fn on_backlog(&mut self, now: Instant) -> bool {
-        let carried = self.window_rate(now, WINDOW).unwrap_or(0.0) / 1000.0;
+        let carried = self.carried_kbps(now, WINDOW);
         let t = f64::from(self.effective_kbps());
         let kbps = (carried * 0.85).clamp(t * 0.5, t * 0.85);
         let cut = self.cut_to(now, kbps as u32);
@@ -366,7 +382,7 @@ impl RateControl {
         // quarter of a frame period means a queue is standing: the link is full.
         if write_time > frame_period / 4 && bytes > 0 {
             // While writes block, what went out recently is what the link carries.
-            let carried = self.window_rate(now, CUT_INTERVAL).unwrap_or(0.0) / 1000.0;
+            let carried = self.carried_kbps(now, CUT_INTERVAL);
             let t = f64::from(self.pace_kbps());
             let kbps = (carried * 0.85).clamp(t * 0.5, t * 0.85);
             let cut = self.cut_to(now, kbps as u32);
@@ -393,6 +409,20 @@ impl RateControl {
     }
 
     fn on_delay(&mut self, now: Instant, s: DelaySample) -> bool {
+        // The first picture measured the link: a stream starts at what it carries, not at a
+        // rate whose first keyframe alone would take seconds to cross.
+        if let (true, Some(r)) = (s.initial, s.delivery_kbps) {
+            let kbps = ((r * 0.85) as u32).clamp(self.limits.min_kbps, self.limits.max_kbps);
+            if kbps < self.target_kbps {
+                self.target_kbps = kbps;
+                self.last_cut = Some(now);
+                self.ceiling_kbps = Some(r as u32);
+                self.cuts += 1;
+                self.delay_cut = Some(now);
+                self.delay_cuts += 1;
+                return true;
+            }
+        }
         if s.queue_delay <= OVERUSE_DELAY {
             self.over_since = None;
             return false;
@@ -453,6 +483,18 @@ impl RateControl {
         // codecs; react only to sustained lateness.
         let late =
             num_frames > 0 && num_drops.saturating_mul(2) > num_frames && last_frame_delay_ms < -50;
+        // Frames late while the path holds no queue are late for other reasons (encoding,
+        // serialization of big frames, the client's decoder, its display delay): a lower
+        // rate would not bring them sooner. The report only counts when the path's delay is
+        // unknown (a client that does not answer pings) or high.
+        let queueing = self
+            .probe
+            .last()
+            .is_none_or(|s| s.queue_delay > OVERUSE_DELAY)
+            || !self.probe.answered();
+        if !queueing {
+            return false;
+        }
         if late {
             return self.cut_to(now, self.effective_kbps().saturating_mul(3) / 4);
         }
@@ -895,6 +937,34 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_starts_at_what_the_first_picture_measured() {
+        let t0 = Instant::now();
+        let mut rc = rc_720p(t0);
+        let id = rc.want_ping(t0, false).unwrap();
+        // A 400 KB first picture that took 6.5 s to arrive: about 490 kbit/s.
+        rc.on_sent(
+            t0 + Duration::from_millis(10),
+            400_000,
+            None,
+            Duration::ZERO,
+            P,
+        );
+        assert!(
+            rc.gated(t0 + Duration::from_secs(1)),
+            "nothing joins it meanwhile"
+        );
+        assert!(rc.on_pong(t0 + Duration::from_millis(6500), id));
+        let k = rc.target_kbps();
+        assert!((380..=430).contains(&k), "target {k}");
+        // On a fast link the first picture changes nothing.
+        let mut fast = rc_720p(t0);
+        let id = fast.want_ping(t0, false).unwrap();
+        fast.on_sent(t0, 3_000_000, None, Duration::ZERO, P);
+        assert!(!fast.on_pong(t0 + Duration::from_millis(20), id));
+        assert_eq!(fast.target_kbps(), 8000);
+    }
+
+    #[test]
     fn a_deep_buffer_is_kept_empty_by_the_delay_signal() {
         let t0 = Instant::now();
         let mut rc = rc_720p(t0);
@@ -1032,6 +1102,17 @@ mod tests {
         let k = rc.target_kbps();
         assert!((1000..=2200).contains(&k), "target {k} after the step");
         assert!(run.fps(step + Duration::from_secs(5), t0 + Duration::from_secs(25)) >= 15.0);
+    }
+
+    #[test]
+    fn late_reports_do_not_cut_when_the_path_holds_no_queue() {
+        let t0 = Instant::now();
+        let mut rc = RateControl::new(RateLimits::default(), 30, t0);
+        let id = rc.want_ping(t0, false).unwrap();
+        rc.on_sent(t0, 100, None, Duration::ZERO, P);
+        rc.on_pong(t0 + Duration::from_millis(5), id);
+        assert!(!rc.on_report(t0 + Duration::from_secs(1), 5, 5, -90));
+        assert_eq!(rc.target_kbps(), 8000);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use scanoutd_engine::{tier_kbps, EncodeHub, Member, MemberEvent, Region};
 use scanoutd_ring::{FrameBus, Update};
-use scanoutd_types::{unix_ms, Codec, Frame, Rect};
+use scanoutd_types::{half_size, unix_ms, Codec, Frame, Rect};
 use spice_proto::consts::{
     DISPLAY_CAP_LZ4_COMPRESSION, DISPLAY_CAP_STREAM_REPORT, ROPD_OP_PUT, STREAM_FLAG_TOP_DOWN,
     SURFACE_FLAG_PRIMARY, SURFACE_FMT_32_XRGB,
@@ -78,12 +78,23 @@ struct Stream {
     rect: Rect,
     codec: Codec,
     member: Member,
+    /// Encoded at half resolution (the link cannot carry the full size at a usable rate).
+    half: bool,
+    /// Since when the link has called for the other resolution.
+    rescale_since: Option<Instant>,
     /// When the member last changed tiers.
     tier_since: Instant,
     /// Since when the client's target has been below its tier (it moves down when that lasts).
     below_since: Option<Instant>,
     started: Instant,
 }
+
+/// Below this frame rate at full size (what the link allows with readable frames), a stream
+/// is encoded at half resolution (a quarter of the pixels: four times the frame rate), and
+/// back at full size from [`SCALE_UP_FPS`], each after [`SCALE_HOLD`].
+const SCALE_DOWN_FPS: f64 = 10.0;
+const SCALE_UP_FPS: f64 = 15.0;
+const SCALE_HOLD: Duration = Duration::from_secs(3);
 
 /// A new stream's reports are not read as congestion for this long.
 const STREAM_WARMUP: Duration = Duration::from_secs(2);
@@ -379,11 +390,10 @@ impl Display<'_> {
         }
         // Another encoder: the same SPICE stream continues from its next keyframe (forced
         // for a new member).
-        let joined = if own {
-            self.hub.join_own(st.codec, st.rect, want).await
-        } else {
-            self.hub.join(st.codec, st.rect, want).await
-        };
+        let joined = self
+            .hub
+            .join_as(st.codec, st.rect, want, st.half, own)
+            .await;
         match joined {
             Ok(m) => {
                 tracing::debug!(peer = %conn.peer, display = self.id, "stream moves from {have} to {want} kbit/s ({}; {} clients there)", if own { "its own encoder" } else { "a shared tier" }, m.members());
@@ -414,6 +424,7 @@ impl Display<'_> {
         // moves up to its peers' once its hold is over.
         self.rate.on_tick(now);
         self.apply_bitrate(conn).await;
+        self.check_scale(conn, now).await?;
         // A quiet channel still measures its path, so the RTT baseline stays current.
         if conn.out_len() == 0 {
             if let Some(id) = self.rate.want_ping(now, true) {
@@ -432,6 +443,40 @@ impl Display<'_> {
         Ok(())
     }
 
+    /// Frame rate before resolution: a stream the link can give fewer than
+    /// [`SCALE_DOWN_FPS`] readable frames a second at full size is restarted at half
+    /// resolution (the client scales it up), and at full size again once the link allows
+    /// [`SCALE_UP_FPS`]; either only after [`SCALE_HOLD`].
+    async fn check_scale(&mut self, conn: &mut Conn, now: Instant) -> Result<(), ServerError> {
+        let Some(st) = &mut self.stream else {
+            return Ok(());
+        };
+        let full_fps = self
+            .rate
+            .fps_at(u64::from(st.rect.w) * u64::from(st.rect.h));
+        let want_half = if st.half {
+            full_fps < SCALE_UP_FPS
+        } else {
+            full_fps < SCALE_DOWN_FPS
+        };
+        if want_half == st.half {
+            st.rescale_since = None;
+            return Ok(());
+        }
+        let since = *st.rescale_since.get_or_insert(now);
+        if now.duration_since(since) < SCALE_HOLD {
+            return Ok(());
+        }
+        let rect = st.rect;
+        tracing::info!(peer = %conn.peer, display = self.id, "the link allows {full_fps:.1} readable frames/s at full size: the stream goes on at {} resolution", if want_half { "half" } else { "full" });
+        // The new stream covers the same area; its first frame (a keyframe) replaces the
+        // picture, so no lossless redraw in between.
+        self.end_stream(conn, false);
+        self.start_stream(conn, rect).await;
+        let capture_ms = self.bus.latest().map_or(0, |f| f.capture_ms);
+        self.send(conn, 0, capture_ms, None).await
+    }
+
     /// The display's stream region changed (decided by the encoding stage from the source):
     /// follow it. A stream that ends or moves has its area redrawn losslessly with the change.
     async fn on_region(&mut self, conn: &mut Conn) -> Result<(), ServerError> {
@@ -443,10 +488,21 @@ impl Display<'_> {
         let had = self.stream.is_some();
         if had {
             tracing::debug!(peer = %conn.peer, display = self.id, "stream region {current:?} -> {:?}", region.rect);
-            self.end_stream(conn, true);
+            // What the new stream will cover its first frame (a keyframe) repaints: only the
+            // rest of the old area is redrawn losslessly (on a slow link a redraw of the whole
+            // old area would hold the new stream back by its size).
+            self.end_stream_except(conn, region.rect);
         }
         if let Some(rect) = region.rect {
             self.start_stream(conn, rect).await;
+            if let (Some(old), None) = (current, &self.stream) {
+                // No stream after all: the part left out must be sharp too.
+                if let Some(frame) = self.bus.latest() {
+                    if let Some(both) = old.intersect(&rect) {
+                        self.queue_draw(conn, &frame, both);
+                    }
+                }
+            }
         }
         if had || self.stream.is_some() {
             let capture_ms = self.bus.latest().map_or(0, |f| f.capture_ms);
@@ -536,17 +592,19 @@ impl Display<'_> {
             } else {
                 1.0
             };
-            self.rate.set_stream(
-                rect.w,
-                rect.h,
-                self.server.cfg.stream_max_bits_per_pixel * factor,
-            );
-            let (kbps, own) = self.wanted_stream();
-            let joined = if own {
-                self.hub.join_own(codec, rect, kbps).await
+            let bpp = self.server.cfg.stream_max_bits_per_pixel * factor;
+            self.rate.set_stream(rect.w, rect.h, bpp);
+            // Frame rate before resolution: half size only when the link cannot give the
+            // full size a usable frame rate.
+            let half = self.rate.frame_rate() < SCALE_DOWN_FPS && rect.w >= 64 && rect.h >= 64;
+            let (ew, eh) = if half {
+                half_size(rect.w, rect.h)
             } else {
-                self.hub.join(codec, rect, kbps).await
+                (rect.w, rect.h)
             };
+            self.rate.set_stream(ew, eh, bpp);
+            let (kbps, own) = self.wanted_stream();
+            let joined = self.hub.join_as(codec, rect, kbps, half, own).await;
             let member = match joined {
                 Ok(m) => m,
                 Err(e) => {
@@ -556,7 +614,7 @@ impl Display<'_> {
                 }
             };
             member.set_frame_rate(self.rate.frame_rate());
-            let (w, h) = (rect.w, rect.h);
+            let (w, h) = member.encoded_size();
             let id = self.next_stream_id;
             self.next_stream_id = (id + 1) % 64;
             conn.queue(&ServerMsg::StreamCreate {
@@ -580,7 +638,7 @@ impl Display<'_> {
                     timeout_ms: REPORT_TIMEOUT_MS,
                 });
             }
-            tracing::info!(peer = %conn.peer, display = self.id, "streaming {rect:?} as {codec} ({}) at {} kbit/s, a tier of {} kbit/s shared by {} client(s)", member.encoder_name(), self.rate.target_kbps(), member.kbps(), member.members());
+            tracing::info!(peer = %conn.peer, display = self.id, "streaming {rect:?} as {codec} ({}, encoded at {w}x{h}) at {} kbit/s, a tier of {} kbit/s shared by {} client(s)", member.encoder_name(), self.rate.target_kbps(), member.kbps(), member.members());
             self.stats.set_stream(Some(codec), self.rate.target_kbps());
             self.stats
                 .tier_kbps
@@ -590,6 +648,8 @@ impl Display<'_> {
                 rect,
                 codec,
                 member,
+                half,
+                rescale_since: None,
                 tier_since: Instant::now(),
                 below_since: None,
                 started: Instant::now(),
@@ -599,6 +659,24 @@ impl Display<'_> {
         tracing::info!(peer = %conn.peer, "no video codec works for this client; sending drawables only");
         self.rate.set_stream_size(0, 0);
         self.drawables_only = true;
+    }
+
+    /// Destroy the stream and redraw its area from the newest frame, losslessly, but for
+    /// what `keep` covers.
+    fn end_stream_except(&mut self, conn: &mut Conn, keep: Option<Rect>) {
+        let Some(old) = self.stream.as_ref().map(|s| s.rect) else {
+            return;
+        };
+        self.end_stream(conn, false);
+        let parts = match keep {
+            Some(k) => old.subtract(&k),
+            None => vec![old],
+        };
+        if let Some(frame) = self.bus.latest() {
+            for p in parts {
+                self.queue_draw(conn, &frame, p);
+            }
+        }
     }
 
     /// Destroy the stream; with `lossless`, redraw its area from the newest frame so text is

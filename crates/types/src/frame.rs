@@ -125,9 +125,76 @@ impl Frame {
     }
 }
 
+/// The size `w` x `h` has at half resolution: halved, even (encoders need even sizes), at
+/// least 2.
+pub fn half_size(w: u32, h: u32) -> (u32, u32) {
+    (((w / 2) & !1).max(2), ((h / 2) & !1).max(2))
+}
+
+impl Frame {
+    /// The pixels of `rect` (which must lie inside the frame) at half resolution
+    /// ([`half_size`]), each the average of a 2x2 block, as tightly packed BGRx rows: for a
+    /// stream encoded smaller than it is shown when the link cannot carry its full size.
+    pub fn extract_half(&self, rect: Rect) -> Option<(Rect, Vec<u8>)> {
+        let r = rect.clamp_to(self.width, self.height)?;
+        if r != rect || r.w < 4 || r.h < 4 {
+            return None;
+        }
+        let (w2, h2) = half_size(r.w, r.h);
+        let mut out = vec![0u8; w2 as usize * h2 as usize * BYTES_PER_PIXEL];
+        for y in 0..h2 as usize {
+            let row0 = (r.y as usize + 2 * y) * self.stride + r.x as usize * BYTES_PER_PIXEL;
+            let row1 = row0 + self.stride;
+            let dst =
+                &mut out[y * w2 as usize * BYTES_PER_PIXEL..][..w2 as usize * BYTES_PER_PIXEL];
+            for (x, px) in dst.chunks_exact_mut(BYTES_PER_PIXEL).enumerate() {
+                let a = row0 + 2 * x * BYTES_PER_PIXEL;
+                let b = row1 + 2 * x * BYTES_PER_PIXEL;
+                for c in 0..3 {
+                    let sum = u16::from(self.data[a + c])
+                        + u16::from(self.data[a + BYTES_PER_PIXEL + c])
+                        + u16::from(self.data[b + c])
+                        + u16::from(self.data[b + BYTES_PER_PIXEL + c]);
+                    px[c] = ((sum + 2) / 4) as u8;
+                }
+            }
+        }
+        Some((r, out))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn half_resolution_averages_2x2_blocks() {
+        let mut f = Frame::new(8, 6);
+        for y in 0..6u32 {
+            for x in 0..8u32 {
+                let o = y as usize * f.stride + x as usize * 4;
+                f.data[o] = (x * 10 + y) as u8;
+                f.data[o + 1] = 200;
+                f.data[o + 2] = if (x + y) % 2 == 0 { 255 } else { 1 };
+            }
+        }
+        assert_eq!(half_size(8, 6), (4, 2));
+        assert_eq!(half_size(1280, 720), (640, 360));
+        assert_eq!(half_size(1916, 1080), (958, 540));
+        let (r, px) = f.extract_half(Rect::new(2, 0, 6, 6)).unwrap();
+        assert_eq!(r, Rect::new(2, 0, 6, 6));
+        // 6x6 -> 3x3 -> even: 2x2.
+        assert_eq!(px.len(), 2 * 2 * 4);
+        // Block (2..4, 0..2): blue 20,21,30,31 -> 25.5 -> 26; green 200; red avg(255,1) = 128.
+        assert_eq!(&px[0..3], &[26, 200, 128]);
+        // Block (4..6, 2..4): 42,43,52,53 -> 47.5 -> 48.
+        assert_eq!(px[(2 + 1) * 4], 48);
+        assert_eq!(
+            f.extract_half(Rect::new(6, 0, 6, 6)),
+            None,
+            "outside the frame"
+        );
+    }
 
     #[test]
     fn copy_rect_from_copies_only_the_rect() {

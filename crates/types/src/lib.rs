@@ -15,6 +15,6 @@ pub use dmabuf::{
     Dmabuf, DmabufError, DmabufPlane, Fourcc, DRM_FORMAT_MOD_INVALID, DRM_FORMAT_MOD_LINEAR,
     MAX_DMABUF_PLANES, MAX_DMABUF_SIDE, MAX_DMABUF_STRIDE,
 };
-pub use frame::{unix_ms, Frame, BYTES_PER_PIXEL};
+pub use frame::{half_size, unix_ms, Frame, BYTES_PER_PIXEL};
 pub use input::{InputEvent, InputSink, MouseButton, NullInputSink};
 pub use video::{Codec, EncodedFrame, EncoderError, EncoderFactory, NoEncoders, VideoEncoder};

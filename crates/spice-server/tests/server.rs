@@ -1215,3 +1215,84 @@ async fn clients_of_a_tier_share_one_encoder_and_a_late_client_starts_on_a_keyfr
     pump.abort();
     server.shutdown();
 }
+
+/// Frame rate before resolution: a link that cannot give the full size 10 readable frames a
+/// second gets the stream encoded at half resolution, shown by the client over the full area
+/// (STREAM_CREATE's stream size is half its destination's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_too_slow_for_the_full_size_gets_a_half_resolution_stream() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let bus = FrameBus::new();
+    let cfg = ServerConfig {
+        stream_mode: spice_server::StreamMode::FullFrame,
+        // 150 kbit/s gives 1280x720 about 5 readable frames a second.
+        rate: spice_server::RateLimits {
+            start_kbps: 150,
+            min_kbps: 100,
+            max_kbps: 150,
+        },
+        ..ServerConfig::default()
+    };
+    let server = SpiceServer::new(
+        cfg,
+        bus.clone(),
+        Arc::new(Recorder::default()),
+        Arc::new(FakeFactory {
+            broken: None,
+            log: log.clone(),
+            fails_after: None,
+        }),
+        Metrics::new(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s = server.clone();
+    tokio::spawn(async move { s.serve(listener).await });
+    let (w, h) = (1280, 720);
+    let mut frame = pattern(w, h, 0, false);
+    bus.publish(Arc::new(frame.clone()), &Damage::full(w, h));
+    let pump = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            for seq in 1..=300u64 {
+                paint_block(&mut frame, Rect::new(0, 0, w, h), seq);
+                bus.publish(Arc::new(frame.clone()), &Damage::full(w, h));
+                tokio::time::sleep(Duration::from_millis(33)).await;
+            }
+        })
+    };
+    let mut c = TestClient::connect(addr, "").await.unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    let mut created = None;
+    let mut data = 0;
+    while data < 2 && tokio::time::Instant::now() < deadline {
+        let m = c.display.recv(T).await.unwrap();
+        match &m {
+            ServerMsg::StreamCreate {
+                stream_width,
+                stream_height,
+                src_width,
+                dest,
+                ..
+            } => created = Some((*stream_width, *stream_height, *src_width, rect_of(dest))),
+            ServerMsg::StreamData { .. } => data += 1,
+            _ => {}
+        }
+        c.surface.apply(&m).unwrap();
+    }
+    pump.abort();
+    let (sw, sh, srcw, dest) = created.expect("a stream");
+    assert_eq!((sw, sh, srcw), (640, 360, 640), "encoded at half size");
+    assert_eq!(dest, Rect::new(0, 0, w, h), "shown over the whole area");
+    assert!(data >= 2, "frames of it arrive");
+    // The encoder was made for the half size (the fake checks every input against it).
+    assert!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l == "create h264 640x360"),
+        "{:?}",
+        log.lock().unwrap()
+    );
+    server.shutdown();
+}

@@ -150,12 +150,12 @@ impl Frame {
             for (x, px) in dst.chunks_exact_mut(BYTES_PER_PIXEL).enumerate() {
                 let a = row0 + 2 * x * BYTES_PER_PIXEL;
                 let b = row1 + 2 * x * BYTES_PER_PIXEL;
-                for c in 0..3 {
+                for (c, out) in px.iter_mut().take(3).enumerate() {
                     let sum = u16::from(self.data[a + c])
                         + u16::from(self.data[a + BYTES_PER_PIXEL + c])
                         + u16::from(self.data[b + c])
                         + u16::from(self.data[b + BYTES_PER_PIXEL + c]);
-                    px[c] = ((sum + 2) / 4) as u8;
+                    *out = ((sum + 2) / 4) as u8;
                 }
             }
         }

@@ -36,8 +36,10 @@ run, and bounds of seconds, never milliseconds:
     least 80 % of the metrics snapshots of the judged window (step: after it), with at least 5
     stream frames sent a second (3 at 500 kbit/s) over it;
   - the client shows at least 8 new frames a second (3 at 500 kbit/s);
-  - the server's bitrate target for the client ends at most 1.2 x the link's rate (not
-    judged for shallow-4m).
+  - the stream does not collapse: what the server sent the client over the judged window is
+    at least a fifth of the link's rate (a rate control that mistakes the deep buffer for a
+    tiny link, or its own gate for congestion, starves it; the bitrate target itself may sit
+    above the link while the encoder needs less, so it is printed, not judged).
 The harness checks itself too: the link must not carry more than its rate (shaping broken)
 and the step must come after the warm-up. The millisecond figures (age p50/p90/p99 after the
 first 5 s, fps, kbit/s used against the link, and for the step the time until the age is back
@@ -69,6 +71,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CLIENT = os.path.join(sc.REPO_ROOT, "bench", "client_latency.py")
 sys.path.insert(0, os.path.join(sc.REPO_ROOT, "bench"))
 import client_latency as cl  # noqa: E402  (histogram helpers)
+from test_lag import (  # noqa: E402  (the sighting helpers the lag test judges by)
+    Timeline as LagTimeline, _client_ids, _fmt, _fps, _loadavg, _plausible, _stalest, _window)
 
 PY = sys.executable
 
@@ -89,11 +93,7 @@ RECOVERY_S = 5.0        # after the step: not judged for growth and p99
 MAX_GROWTH_MS = 1000.0
 MAX_P99_MS = 1500.0
 MAX_STALE_MS = 3000.0
-MAX_TARGET_RATIO = 1.2  # the bitrate target at the end, of the link's rate
-# ... except behind a shallow queue (bench/wan.py's reference case): there loss and blocked
-# writes hold the stream to the link at once, and a target above what the encoder needs is
-# harmless; test_lag.py judges that link its own way
-NO_TARGET_CHECK = {"shallow-4m"}
+MIN_USED_RATIO = 0.2    # what the server sent over the judged window, of the link's rate
 FRESH_MS = 300.0        # the step's recovery: every sighting for 1 s younger than this
 FRESH_FOR_MS = 1000.0
 MIN_FPS = {"deep-500k": 3.0}            # new frames a second the client shows (default 8)
@@ -101,24 +101,6 @@ MIN_STREAM_FPS = {"deep-500k": 3.0}     # stream frames sent a second (default 5
 MIN_STREAM_SHARE = 0.8  # of the judged window's metrics snapshots with the client's stream on
 LINK_SLACK = 1.15       # harness: the link may not carry more than this x its rate
 PLAUSIBLE_AGE_MS = cl.PLAUSIBLE_AGE_MS
-
-
-def _loadavg():
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
-
-
-def _fmt(v, nd=1):
-    return "n/a" if v is None else f"{v:.{nd}f}"
-
-
-def _client_ids(text):
-    m = sc.parse_prometheus(text)
-    return {dict(lab).get("client") for (n, lab) in m
-            if n == "scanoutd_client_updates_sent_total"}
 
 
 def _new_client(poll_path, known):
@@ -130,61 +112,14 @@ def _new_client(poll_path, known):
     return None
 
 
-class Timeline:
-    """The poller's snapshots, parsed once."""
-
-    def __init__(self, snaps):
-        self.snaps = [(t, sc.parse_prometheus(x)) for t, x in snaps]
-
-    def before(self, t_unix):
-        """The last snapshot at or before `t_unix` (the first one if none)."""
-        best = self.snaps[0]
-        for s in self.snaps:
-            if s[0] <= t_unix:
-                best = s
-        return best
-
-    def value(self, t_unix, name, client):
-        return sc.metric_value(self.before(t_unix)[1], name, client=client)
-
-    def delta(self, ta, tb, name, client):
-        return (self.value(tb, name, client) or 0.0) - (self.value(ta, name, client) or 0.0)
+class Timeline(LagTimeline):
+    """The poller's snapshots, parsed once (test_lag's, with spans and a presence test)."""
 
     def span(self, ta, tb):
         return max(1e-6, self.before(tb)[0] - self.before(ta)[0])
 
     def has(self, name):
         return any(n == name for _t, m in self.snaps for (n, _lab) in m)
-
-
-def _window(sightings, a_ms, b_ms):
-    return [s[2] for s in sightings if a_ms <= s[0] < b_ms]
-
-
-def _plausible(sightings):
-    """(sightings whose age is plausible, number of misread strips)."""
-    lo, hi = PLAUSIBLE_AGE_MS
-    ok = [s for s in sightings if lo <= s[2] <= hi]
-    return ok, len(sightings) - len(ok)
-
-
-def _stalest(sightings, a_ms, b_ms):
-    """The oldest the picture on screen got within [a_ms, b_ms): at time t it is
-    (t - t_i + age_i) old, i the last new frame seen at or before t, so the maximum is reached
-    just before each new frame appears (or at b_ms). Returns (ms, at unix ms)."""
-    before = [s for s in sightings if s[0] < a_ms]
-    pts = before[-1:] + [s for s in sightings if a_ms <= s[0] < b_ms]
-    worst, at = None, None
-    for prev, nxt in zip(pts, pts[1:] + [[b_ms, None, None]]):
-        stale = nxt[0] - prev[0] + prev[2]
-        if worst is None or stale > worst:
-            worst, at = stale, nxt[0]
-    return worst, at
-
-
-def _fps(sightings, a_ms, b_ms):
-    n = sum(1 for s in sightings if a_ms <= s[0] < b_ms)
-    return n / max(1e-6, (b_ms - a_ms) / 1000.0)
 
 
 def _recovery_ms(sightings, step_ms, end_ms):
@@ -448,10 +383,9 @@ def test_wan_link(case, scanoutd_bin, spice_gi, artifacts):
                         f"{_fmt(at)} s)"
                         + ("" if frozen_view is None else
                            f" ({frozen_view[0]}/{frozen_view[1]} strip samples unreadable)"))
-    if case not in NO_TARGET_CHECK and (end_target is None
-                                        or end_target > MAX_TARGET_RATIO * prof.end_kbps):
-        failures.append(f"the bitrate target ends at {_fmt(end_target, 0)} kbit/s > "
-                        f"{MAX_TARGET_RATIO} x the link's {prof.end_kbps:.0f}")
+    if used_kbps < MIN_USED_RATIO * rate_kbps:
+        failures.append(f"the stream collapsed: {used_kbps:.0f} kbit/s sent over a "
+                        f"{rate_kbps:.0f} kbit/s link (at least {MIN_USED_RATIO:.0%} expected)")
     failures = [f"harness: {h}" for h in harness] + failures
 
     summary = dict(

@@ -1120,23 +1120,23 @@ async fn a_regrown_stream_redraws_the_old_area_losslessly() {
     server.shutdown();
 }
 
-/// Clients of one display on the same tier share one encoder: it is created once, and every
-/// client's stream starts with a keyframe, also a client that joins a running stream.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_of_a_tier_share_one_encoder_and_a_late_client_starts_on_a_keyframe() {
-    let log = Arc::new(Mutex::new(Vec::new()));
+/// A server on the fake encoders (logging into `log`) with `cfg`, its bus and its address,
+/// with a picture of `w` x `h` published and a task painting a moving full-area block every
+/// `period` (aborted by the caller).
+async fn full_frame_rig(
+    cfg: ServerConfig,
+    log: Arc<Mutex<Vec<String>>>,
+    (w, h): (u32, u32),
+    period: Duration,
+) -> (Arc<SpiceServer>, SocketAddr, tokio::task::JoinHandle<()>) {
     let bus = FrameBus::new();
-    let cfg = ServerConfig {
-        stream_mode: spice_server::StreamMode::FullFrame,
-        ..ServerConfig::default()
-    };
     let server = SpiceServer::new(
         cfg,
         bus.clone(),
         Arc::new(Recorder::default()),
         Arc::new(FakeFactory {
             broken: None,
-            log: log.clone(),
+            log,
             fails_after: None,
         }),
         Metrics::new(),
@@ -1145,19 +1145,29 @@ async fn clients_of_a_tier_share_one_encoder_and_a_late_client_starts_on_a_keyfr
     let addr = listener.local_addr().unwrap();
     let s = server.clone();
     tokio::spawn(async move { s.serve(listener).await });
-    let (w, h) = (320, 240);
     let mut frame = pattern(w, h, 0, false);
     bus.publish(Arc::new(frame.clone()), &Damage::full(w, h));
-    let pump = {
-        let bus = bus.clone();
-        tokio::spawn(async move {
-            for seq in 1..=400u64 {
-                paint_block(&mut frame, Rect::new(0, 0, w, h), seq);
-                bus.publish(Arc::new(frame.clone()), &Damage::full(w, h));
-                tokio::time::sleep(Duration::from_millis(16)).await;
-            }
-        })
+    let pump = tokio::spawn(async move {
+        for seq in 1..=400u64 {
+            paint_block(&mut frame, Rect::new(0, 0, w, h), seq);
+            bus.publish(Arc::new(frame.clone()), &Damage::full(w, h));
+            tokio::time::sleep(period).await;
+        }
+    });
+    (server, addr, pump)
+}
+
+/// Clients of one display on the same tier share one encoder: it is created once, and every
+/// client's stream starts with a keyframe, also a client that joins a running stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_tier_share_one_encoder_and_a_late_client_starts_on_a_keyframe() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let cfg = ServerConfig {
+        stream_mode: spice_server::StreamMode::FullFrame,
+        ..ServerConfig::default()
     };
+    let (server, addr, pump) =
+        full_frame_rig(cfg, log.clone(), (320, 240), Duration::from_millis(16)).await;
     /// The first `n` STREAM_DATA payloads a client gets.
     async fn stream_frames(c: &mut TestClient, n: usize) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
@@ -1222,7 +1232,6 @@ async fn clients_of_a_tier_share_one_encoder_and_a_late_client_starts_on_a_keyfr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_too_slow_for_the_full_size_gets_a_half_resolution_stream() {
     let log = Arc::new(Mutex::new(Vec::new()));
-    let bus = FrameBus::new();
     let cfg = ServerConfig {
         stream_mode: spice_server::StreamMode::FullFrame,
         // 150 kbit/s gives 1280x720 about 5 readable frames a second.
@@ -1233,34 +1242,9 @@ async fn a_link_too_slow_for_the_full_size_gets_a_half_resolution_stream() {
         },
         ..ServerConfig::default()
     };
-    let server = SpiceServer::new(
-        cfg,
-        bus.clone(),
-        Arc::new(Recorder::default()),
-        Arc::new(FakeFactory {
-            broken: None,
-            log: log.clone(),
-            fails_after: None,
-        }),
-        Metrics::new(),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let s = server.clone();
-    tokio::spawn(async move { s.serve(listener).await });
     let (w, h) = (1280, 720);
-    let mut frame = pattern(w, h, 0, false);
-    bus.publish(Arc::new(frame.clone()), &Damage::full(w, h));
-    let pump = {
-        let bus = bus.clone();
-        tokio::spawn(async move {
-            for seq in 1..=300u64 {
-                paint_block(&mut frame, Rect::new(0, 0, w, h), seq);
-                bus.publish(Arc::new(frame.clone()), &Damage::full(w, h));
-                tokio::time::sleep(Duration::from_millis(33)).await;
-            }
-        })
-    };
+    let (server, addr, pump) =
+        full_frame_rig(cfg, log.clone(), (w, h), Duration::from_millis(33)).await;
     let mut c = TestClient::connect(addr, "").await.unwrap();
     let deadline = tokio::time::Instant::now() + T;
     let mut created = None;

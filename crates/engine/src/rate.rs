@@ -78,8 +78,9 @@ pub const OVERUSE_DELAY: Duration = Duration::from_millis(50);
 pub const OVERUSE_BUDGET: Duration = Duration::from_millis(250);
 pub const OVERUSE_WINDOW: Duration = Duration::from_secs(2);
 /// Nothing more is sent while the oldest byte in flight is older than the baseline RTT plus
-/// this.
-pub const GATE_DELAY: Duration = Duration::from_millis(100);
+/// this. Above what a busy client takes to answer (so its frames stay pipelined), below what
+/// a viewer notices.
+pub const GATE_DELAY: Duration = Duration::from_millis(150);
 /// A client that has not answered its first ping after this long is taken for one that
 /// never will (the gate then never holds it); a first picture that takes longer on a slow
 /// link only lets a few frames queue behind it.
@@ -446,7 +447,15 @@ impl RateControl {
         {
             self.overuse.pop_front();
         }
-        let gathered: Duration = self.overuse.iter().map(|(_, d)| *d).sum();
+        // Overuse since the last cut decides the next one (what came before it is kept for
+        // the gate, which must hold while the queue drains).
+        let since_cut = self.delay_cut;
+        let gathered: Duration = self
+            .overuse
+            .iter()
+            .filter(|(t, _)| since_cut.is_none_or(|c| *t > c))
+            .map(|(_, d)| *d)
+            .sum();
         if gathered < OVERUSE_BUDGET {
             return false;
         }
@@ -461,7 +470,6 @@ impl RateControl {
             self.ceiling_kbps = Some(received.unwrap_or(kbps) as u32);
             self.delay_cut = Some(now);
             self.delay_cuts += 1;
-            self.overuse.clear();
         }
         cut
     }
@@ -1086,6 +1094,8 @@ mod tests {
     fn a_bandwidth_step_down_recovers_within_a_second_and_a_half() {
         let t0 = Instant::now();
         let mut rc = rc_720p(t0);
+        // With the default quality ceiling (0.25 bit/pixel: 6.9 Mbit/s at 720p30), as served.
+        rc.set_stream(1280, 720, 0.25);
         let mut path = Path {
             kbps: 20_000.0,
             depth: Duration::from_secs(2),

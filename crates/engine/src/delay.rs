@@ -145,7 +145,13 @@ impl DelayProbe {
     /// `bytes` were written (a whole batch, with the ping queued before it, if any).
     pub fn on_written(&mut self, now: Instant, bytes: usize) {
         self.written += bytes as u64;
-        for p in self.pending.iter_mut().filter(|p| p.pos.is_none()) {
+        // Only the newest pings can still be unwritten.
+        for p in self
+            .pending
+            .iter_mut()
+            .rev()
+            .take_while(|p| p.pos.is_none())
+        {
             p.pos = Some(self.written);
             p.batch = bytes as u64;
             p.sent = now;

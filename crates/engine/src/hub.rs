@@ -149,8 +149,8 @@ struct Shared {
     failed: AtomicBool,
     /// A new bitrate for an own encoder, applied before its next frame (0: none).
     new_kbps: AtomicU64,
-    /// The bitrate the encoder was last set to.
-    own_kbps: Mutex<u32>,
+    /// The bitrate the encoder runs at (or will, from its next frame).
+    kbps: AtomicU64,
 }
 
 impl Shared {
@@ -242,10 +242,7 @@ impl Member {
 
     /// The tier's bitrate (an own encoder's: the last one set).
     pub fn kbps(&self) -> u32 {
-        match self.shared.new_kbps.load(Relaxed) {
-            0 => *lock(&self.shared.own_kbps),
-            k => k as u32,
-        }
+        self.shared.kbps.load(Relaxed) as u32
     }
 
     /// The size this member's frames are encoded at (the rect's, or half of it).
@@ -262,7 +259,7 @@ impl Member {
     /// one, whose bitrate is its tier.
     pub fn set_bitrate(&self, kbps: u32) {
         if self.is_own() && kbps > 0 && kbps != self.kbps() {
-            *lock(&self.shared.own_kbps) = kbps;
+            self.shared.kbps.store(u64::from(kbps), Relaxed);
             self.shared.new_kbps.store(u64::from(kbps), Relaxed);
         }
     }
@@ -442,7 +439,7 @@ impl EncodeHub {
                     last_encode: Mutex::new(None),
                     failed: AtomicBool::new(false),
                     new_kbps: AtomicU64::new(0),
-                    own_kbps: Mutex::new(kbps),
+                    kbps: AtomicU64::new(u64::from(kbps)),
                 });
                 self.stats.encoders_created.fetch_add(1, Relaxed);
                 let mut encs = lock(&self.encoders);

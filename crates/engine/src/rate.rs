@@ -21,8 +21,9 @@
 //! - **Client reports** (STREAM_REPORT): sustained late frames cut the target by a quarter,
 //!   unless the path is measured to hold no queue (then lateness is not the link's doing).
 //! - **Probing**: after 2 s without a cut the target climbs 10 % per second, but only while
-//!   the queueing delay is under [`TARGET_DELAY`] and the stream actually uses most of it: an encoder that needs less than the target (simple
-//!   content) does not push the target past what the link has ever carried.
+//!   the queueing delay is under [`TARGET_DELAY`] and the stream actually uses most of it: an
+//!   encoder that needs less than the target (simple content) does not push the target past what
+//!   the link has ever carried.
 //!
 //! Frame rate before quality: each frame gets at least `min_bits_per_pixel` (a picture that
 //! stays readable). When the target cannot give every frame that much at the source frame

@@ -340,8 +340,8 @@ impl Display<'_> {
     /// carries the stream's quality ceiling (down to the ladder's level below it) shares the
     /// display's encoder of that level (a fixed ladder, so clients whose ceilings differ a
     /// little share one); a client whose link holds it below gets an encoder of its own at
-    /// exactly what its rate control asks, following it (scaled up, as the encoder bitrate is, when the frame rate is
-    /// lowered).
+    /// exactly what its rate control asks, following it (scaled up, as the encoder bitrate
+    /// is, when the frame rate is lowered).
     fn wanted_stream(&self) -> (u32, bool) {
         let limits = self.server.cfg.rate;
         let effective = self.rate.target_kbps().max(1);
@@ -664,10 +664,9 @@ impl Display<'_> {
     /// Destroy the stream and redraw its area from the newest frame, losslessly, but for
     /// what `keep` covers.
     fn end_stream_except(&mut self, conn: &mut Conn, keep: Option<Rect>) {
-        let Some(old) = self.stream.as_ref().map(|s| s.rect) else {
+        let Some(old) = self.destroy_stream(conn) else {
             return;
         };
-        self.end_stream(conn, false);
         let parts = match keep {
             Some(k) => old.subtract(&k),
             None => vec![old],
@@ -682,16 +681,21 @@ impl Display<'_> {
     /// Destroy the stream; with `lossless`, redraw its area from the newest frame so text is
     /// sharp again.
     fn end_stream(&mut self, conn: &mut Conn, lossless: bool) {
-        let Some(st) = self.stream.take() else { return };
+        if lossless {
+            self.end_stream_except(conn, None);
+        } else {
+            self.destroy_stream(conn);
+        }
+    }
+
+    /// STREAM_DESTROY the stream, if any; returns its area.
+    fn destroy_stream(&mut self, conn: &mut Conn) -> Option<Rect> {
+        let st = self.stream.take()?;
         conn.queue(&ServerMsg::StreamDestroy(st.id));
         self.rate.set_stream_size(0, 0);
-        if lossless {
-            if let Some(frame) = self.bus.latest() {
-                self.queue_draw(conn, &frame, st.rect);
-            }
-        }
         self.stats.set_stream(None, 0);
         self.stats.tier_kbps.store(0, Relaxed);
+        Some(st.rect)
     }
 
     async fn on_update(&mut self, conn: &mut Conn, u: Update) -> Result<(), ServerError> {
